@@ -1,0 +1,315 @@
+"""KV cache for chunk-by-chunk causal video generation, built for per-head policies.
+
+Layout
+------
+A :class:`KVCache` holds one :class:`LayerCache` per transformer block. A layer's heads are
+split into :class:`HeadGroup` s; all heads of a group attend to the same number of key
+tokens, so one attention call serves the whole group. A group stores::
+
+    k, v: [B, H_g, capacity_frames * tokens_per_frame, D]   (preallocated, written in place)
+    tokens [0, frames * tpf)                 the cached context (already RoPE-rotated)
+    tokens [frames * tpf, + chunk tokens)    scratch: the current chunk's K/V
+
+Rows of a group may follow different :class:`Retention` rules (``segments``) as long as
+they always hold the same number of frames; this is how Dummy Forcing packs dummy heads
+(rolling last frame) with sink heads (first frame) into one call.
+
+Phases
+------
+1. ``LayerCache.attend`` (every forward pass of a chunk): writes the chunk's K/V into the
+   scratch of every group and attends over ``[context | chunk]``. Denoising passes do this
+   only: the next pass overwrites the scratch.
+2. ``KVCache.commit`` (after the clean t = 0 pass): the scratch becomes context. Each
+   segment keeps its first ``sink`` frames forever and its last ``window`` frames; older
+   window frames are dropped by shifting the kept ones left in place (block copies that
+   never overlap). Nothing is reallocated.
+3. ``KVCache.regroup`` (once, e.g. at Dummy Forcing's ``ar_start``): builds new groups
+   sized to what they keep, copying the kept frames from the old groups, and frees the old.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["Retention", "FULL", "HeadGroup", "GroupSpec", "LayerCache", "KVCache"]
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What cached heads keep of the past: the video's first ``sink`` frames forever plus
+    its most recent ``window`` frames (``None``: every frame, a full cache)."""
+
+    sink: int = 0
+    window: int | None = None
+
+    def __post_init__(self):
+        if self.sink < 0 or (self.window is not None and self.window < 0):
+            raise ValueError(f"sink and window frames must be >= 0, got {self}")
+
+    def kept_frame_ids(self, history: int) -> list[int]:
+        """Absolute frame indices held after ``history`` frames were committed, in storage order."""
+        static = min(self.sink, history)
+        rest = history - static
+        win = rest if self.window is None else min(self.window, rest)
+        return list(range(static)) + list(range(history - win, history))
+
+    def kept(self, history: int) -> int:
+        return len(self.kept_frame_ids(history))
+
+    def capacity(self, max_history: int) -> int:
+        return max((self.kept(h) for h in range(max_history + 1)), default=0)
+
+
+FULL = Retention()
+
+
+@dataclass
+class GroupSpec:
+    """A group to build: original head indices in storage order and, per consecutive run of
+    rows, its retention, as ``[(n_rows, Retention), ...]`` summing to ``len(heads)``."""
+
+    heads: list[int]
+    segments: list[tuple[int, Retention]]
+    name: str = ""
+
+
+class HeadGroup:
+    """K/V buffers of heads that share one attention call (see the module docstring)."""
+
+    def __init__(self, spec: GroupSpec, batch: int, head_dim: int, tokens_per_frame: int,
+                 capacity_frames: int, dtype, device, history: int = 0):
+        if sum(n for n, _ in spec.segments) != len(spec.heads):
+            raise ValueError("group segments must cover its heads exactly")
+        self.name = spec.name
+        self.head_list = list(spec.heads)
+        self.heads = torch.tensor(spec.heads, dtype=torch.long, device=device)
+        self.segments: list[tuple[int, int, Retention]] = []
+        row = 0
+        for n, ret in spec.segments:
+            self.segments.append((row, row + n, ret))
+            row += n
+        self.tpf = tokens_per_frame
+        self.capacity_frames = capacity_frames
+        shape = (batch, len(spec.heads), capacity_frames * tokens_per_frame, head_dim)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.history = history
+        kept = {ret.kept(history) for _, _, ret in self.segments}
+        if len(kept) > 1:
+            raise ValueError(f"rows of one group must hold equal frame counts, got {sorted(kept)}")
+        self.frames = kept.pop() if kept else 0
+        self.chunk_tokens = 0
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.head_list)
+
+    def frame_ids(self, row: int) -> list[int]:
+        for a, b, ret in self.segments:
+            if a <= row < b:
+                return ret.kept_frame_ids(self.history)
+        raise IndexError(row)
+
+    def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the chunk (k, v: [B, H_g, Lc, D]) into the scratch; return the keys and values
+        to attend over, views [B, H_g, context + Lc, D]."""
+        start = self.frames * self.tpf
+        end = start + k.shape[2]
+        if end > self.k.shape[2]:
+            raise RuntimeError(f"KV cache group '{self.name}' overflow: {end} > {self.k.shape[2]} tokens; "
+                               "a chunk is longer than the cache was built for")
+        self.k[:, :, start:end].copy_(k)
+        self.v[:, :, start:end].copy_(v)
+        self.chunk_tokens = k.shape[2]
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def commit(self):
+        """Make the scratch chunk part of the context and apply each segment's retention."""
+        if self.chunk_tokens % self.tpf:
+            raise RuntimeError("chunk is not a whole number of frames")
+        c = self.chunk_tokens // self.tpf
+        new_history = self.history + c
+        kept_after = set()
+        for a, b, ret in self.segments:
+            static_before = min(ret.sink, self.history)
+            static_after = min(ret.sink, new_history)
+            window_before = self.frames - static_before
+            candidates = window_before + c - (static_after - static_before)
+            window_after = candidates if ret.window is None else min(ret.window, candidates)
+            drop = candidates - window_after
+            if drop and window_after:
+                for buf in (self.k, self.v):
+                    _shift_left(buf[:, a:b], static_after * self.tpf, drop * self.tpf, window_after * self.tpf)
+            kept_after.add(static_after + window_after)
+        if len(kept_after) > 1:
+            raise RuntimeError(f"group '{self.name}' rows diverged in frame count: {sorted(kept_after)}")
+        self.history = new_history
+        self.frames = kept_after.pop()
+        self.chunk_tokens = 0
+
+    def allocated_bytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+    def held_bytes(self) -> int:
+        per_token = self.k.shape[0] * self.k.shape[1] * self.k.shape[3] * self.k.element_size()
+        return 2 * per_token * self.frames * self.tpf
+
+
+def _shift_left(buf: torch.Tensor, start: int, drop: int, keep: int):
+    """Move tokens [start + drop, start + drop + keep) to [start, start + keep) along dim 2,
+    in blocks of at most ``drop`` tokens so source and destination never overlap."""
+    done = 0
+    while done < keep:
+        n = min(drop, keep - done)
+        buf[:, :, start + done:start + done + n].copy_(buf[:, :, start + drop + done:start + drop + done + n])
+        done += n
+
+
+@dataclass
+class FlopCounter:
+    """Self-attention FLOPs (QK^T and PV) actually done, and what a full cache would have done."""
+
+    done: int = 0
+    full: int = 0
+
+
+class LayerCache:
+    """The head groups of one transformer block."""
+
+    def __init__(self, groups: list[HeadGroup], num_heads: int, flops: FlopCounter):
+        self.groups = groups
+        self.num_heads = num_heads
+        self.flops = flops
+        covered = sorted(h for g in groups for h in g.head_list)
+        if covered != list(range(num_heads)):
+            raise ValueError(f"head groups must cover heads 0..{num_heads - 1} once each, got {covered}")
+        self._identity = len(groups) == 1 and groups[0].head_list == list(range(num_heads))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probe=None) -> torch.Tensor:
+        """Self-attention of the chunk's queries over [cached context | chunk].
+
+        q, k, v: [B, Lc, H, D], RoPE applied. Returns [B, Lc, H, D] in the original head order.
+        ``probe(q, keys, group)`` sees the single group's queries [B, H, Lc, D] and keys; it is
+        only available while the layer is one group in head order (before Dummy Forcing).
+        """
+        B, L, H, D = q.shape
+        full_keys = (self.groups[0].history + 0) * self.groups[0].tpf + L
+        self.flops.full += 4 * B * H * L * full_keys * D
+        if self._identity:
+            g = self.groups[0]
+            qt = q.transpose(1, 2)
+            keys, values = g.write(k.transpose(1, 2), v.transpose(1, 2))
+            if probe is not None:
+                probe(qt, keys, g)
+            self.flops.done += 4 * B * H * L * keys.shape[2] * D
+            return F.scaled_dot_product_attention(qt, keys, values).transpose(1, 2)
+        if probe is not None:
+            raise RuntimeError("attention profiling needs the undivided cache (profile before regrouping)")
+        out = torch.empty_like(q)
+        for g in self.groups:
+            idx = g.heads
+            qg = q.index_select(2, idx).transpose(1, 2)
+            keys, values = g.write(k.index_select(2, idx).transpose(1, 2), v.index_select(2, idx).transpose(1, 2))
+            self.flops.done += 4 * B * g.num_heads * L * keys.shape[2] * D
+            out.index_copy_(2, idx, F.scaled_dot_product_attention(qg, keys, values).transpose(1, 2))
+        return out
+
+    def commit(self):
+        for g in self.groups:
+            g.commit()
+
+
+@dataclass
+class KVCache:
+    """Self-attention K/V of every layer for one video (see the module docstring).
+
+    Built by :meth:`create` with one group per layer (every head, one retention), and
+    possibly regrouped once per video. ``history`` counts committed frames.
+    """
+
+    layers: list[LayerCache]
+    batch: int
+    num_heads: int
+    head_dim: int
+    tokens_per_frame: int
+    max_chunk_frames: int
+    total_frames: int
+    dtype: torch.dtype
+    device: torch.device
+    flops: FlopCounter = field(default_factory=FlopCounter)
+
+    @classmethod
+    def create(cls, num_layers: int, num_heads: int, head_dim: int, tokens_per_frame: int,
+               max_chunk_frames: int, total_frames: int, retention: Retention = FULL,
+               batch: int = 1, dtype=torch.float32, device="cpu") -> "KVCache":
+        if max_chunk_frames < 1:
+            raise ValueError("chunk size must be >= 1 frame")
+        flops = FlopCounter()
+        cap = _capacity(retention, total_frames, max_chunk_frames)
+        spec = GroupSpec(list(range(num_heads)), [(num_heads, retention)], name="all")
+        layers = [LayerCache([HeadGroup(spec, batch, head_dim, tokens_per_frame, cap, dtype, device)], num_heads, flops)
+                  for _ in range(num_layers)]
+        return cls(layers, batch, num_heads, head_dim, tokens_per_frame, max_chunk_frames, total_frames,
+                   dtype, torch.device(device), flops)
+
+    @property
+    def history(self) -> int:
+        return self.layers[0].groups[0].history
+
+    def commit(self):
+        for layer in self.layers:
+            layer.commit()
+
+    def regroup(self, specs: list[list[GroupSpec]]):
+        """Replace every layer's groups by new ones built from ``specs[layer]``, copying each
+        head's kept frames from where it is now. All frames a new segment keeps must be held
+        by the head's current group (e.g. a full or sink + window cache before Dummy Forcing)."""
+        if len(specs) != len(self.layers):
+            raise ValueError(f"need group specs for {len(self.layers)} layers, got {len(specs)}")
+        new_layers = [self._build_layer(layer, layer_specs) for layer, layer_specs in zip(self.layers, specs)]
+        self.layers = new_layers  # only now: a failure above leaves the cache as it was
+
+    def _build_layer(self, layer: LayerCache, specs: list[GroupSpec]) -> LayerCache:
+        history = self.history
+        where = {h: (g, row) for g in layer.groups for row, h in enumerate(g.head_list)}
+        groups = []
+        for spec in specs:
+            cap = max(_capacity(ret, self.total_frames, self.max_chunk_frames) for _, ret in spec.segments)
+            g = HeadGroup(spec, self.batch, self.head_dim, self.tokens_per_frame, cap, self.dtype, self.device, history)
+            for row, h in enumerate(spec.heads):
+                src, src_row = where[h]
+                src_ids = src.frame_ids(src_row)
+                want = g.frame_ids(row)
+                missing = sorted(set(want) - set(src_ids))
+                if missing:
+                    raise ValueError(f"cannot regroup: head {h} needs frames {missing} that the cache no longer holds")
+                pos = {f: i for i, f in enumerate(src_ids)}
+                tok = torch.tensor([pos[f] * self.tokens_per_frame + t for f in want for t in range(self.tokens_per_frame)],
+                                   dtype=torch.long, device=self.device)
+                n = tok.numel()
+                g.k[:, row, :n].copy_(src.k[:, src_row].index_select(1, tok))
+                g.v[:, row, :n].copy_(src.v[:, src_row].index_select(1, tok))
+            groups.append(g)
+        return LayerCache(groups, layer.num_heads, self.flops)
+
+    def allocated_bytes(self) -> int:
+        return sum(g.allocated_bytes() for layer in self.layers for g in layer.groups)
+
+    def held_bytes(self) -> int:
+        return sum(g.held_bytes() for layer in self.layers for g in layer.groups)
+
+    def layer_held_bytes(self) -> list[int]:
+        return [sum(g.held_bytes() for g in layer.groups) for layer in self.layers]
+
+    def full_cache_bytes(self, frames: int | None = None) -> int:
+        """Bytes a full cache of every head would hold for ``frames`` (default: history) frames."""
+        frames = self.history if frames is None else frames
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * len(self.layers) * self.batch * self.num_heads * frames * self.tokens_per_frame * self.head_dim * elem
+
+
+def _capacity(ret: Retention, total_frames: int, chunk: int) -> int:
+    """Frames a group must hold: the most it keeps over the video plus one chunk of scratch."""
+    return min(ret.capacity(max(total_frames - 1, 0)), max(total_frames - 1, 0)) + chunk
