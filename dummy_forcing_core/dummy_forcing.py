@@ -18,6 +18,7 @@ With ``sink_frames`` = 1 (the paper's setting) a dummy head sees the most recent
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from .kv_cache import GroupSpec, Retention
 from .profile import HeadProfile
 from .profiler import AttentionProfiler
 
-__all__ = ["DummyForcingConfig", "DummyForcingController", "layer_group_specs"]
+__all__ = ["DummyForcingConfig", "DummyForcingController", "layer_group_specs", "profile_heads"]
 
 SCOPES = ("global", "per_layer")
 
@@ -165,3 +166,51 @@ class DummyForcingController:
         stats.switch_chunk = chunk + 1
         stats.head_types = types
         stats.head_scores = self.scores.tolist()
+
+
+class _ProfileChunks:
+    """Observer for :func:`generate`: hands the profiler to the cache passes of ``chunks``."""
+
+    def __init__(self, profiler: AttentionProfiler, chunks: range):
+        self.profiler, self.chunks = profiler, chunks
+
+    def probe_for(self, chunk: int):
+        return self.profiler if chunk in self.chunks else None
+
+    def after_commit(self, chunk, cache, stats):
+        pass
+
+
+def profile_heads(runner, contexts: list[torch.Tensor], shape, settings, seeds: list[int], ar_start: int = 1,
+                  num_chunks: int = 1, sink_frames: int = 1, sample_fraction: float = 0.25, profile_seed: int = 0,
+                  callback=None) -> HeadProfile:
+    """Offline profiling: generate with the base cache for every prompt context x seed, profile
+    the clean passes of chunks ``ar_start .. ar_start + num_chunks - 1`` and average them into a
+    reusable :class:`HeadProfile`. ``shape`` = (B, C, F, H, W) of the videos to run."""
+    from .sampler import generate, plan_chunks
+
+    if not contexts:
+        raise ValueError("give at least one prompt to profile with")
+    if not seeds:
+        raise ValueError("give at least one seed to profile with")
+    _, chunks = plan_chunks(shape[2], settings.chunk_frames)
+    last = ar_start + num_chunks - 1
+    if ar_start < 1 or num_chunks < 1:
+        raise ValueError(f"ar_start must be >= 1 and chunks to profile >= 1, got {ar_start} and {num_chunks}")
+    if last > len(chunks) - 2:
+        raise ValueError(f"profiling chunks {ar_start}..{last} needs a latent of at least {last + 2} chunks "
+                         f"({(last + 2) * settings.chunk_frames} frames); the latent has {len(chunks)} chunks")
+    if sink_frames > ar_start * settings.chunk_frames:
+        raise ValueError(f"sink_frames={sink_frames} is more than the {ar_start * settings.chunk_frames} frames cached "
+                         f"before chunk ar_start={ar_start}")
+    g = runner.geometry
+    profiler = AttentionProfiler(g.num_layers, g.num_heads, sink_frames, sample_fraction, profile_seed)
+    observer = _ProfileChunks(profiler, range(ar_start, last + 1))
+    for ctx in contexts:
+        for seed in seeds:
+            run = dataclasses.replace(settings, seed=int(seed))
+            generate(runner, ctx, shape, run, observer=observer, stop_after_chunk=last, callback=callback)
+    return HeadProfile.from_profiler(profiler, g, {
+        "ar_start": ar_start, "chunks_profiled": num_chunks, "chunk_frames": settings.chunk_frames,
+        "prompts": len(contexts), "seeds": [int(s) for s in seeds], "latent_shape": list(shape),
+    })

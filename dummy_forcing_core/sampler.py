@@ -117,12 +117,17 @@ def _sync(device: torch.device):
 def generate(runner: ChunkRunner, context: torch.Tensor, shape: tuple[int, int, int, int, int],
              settings: SamplerSettings = SamplerSettings(), dummy_forcing=None,
              start_latent: torch.Tensor | None = None, start_frames: int = 0,
-             callback=None, time_chunks: bool = True) -> GenerationResult:
+             callback=None, time_chunks: bool = True, observer=None,
+             stop_after_chunk: int | None = None) -> GenerationResult:
     """Generate a video latent of ``shape`` = (B, C, F, H, W) for the text ``context``
     [B or 1, L_text, text_dim]. ``dummy_forcing``: a DummyForcingConfig or None.
     ``start_latent`` [B, C, >= start_frames, H, W]: its first ``start_frames`` frames are given.
     ``callback(ProgressEvent)`` runs after every denoising step; raising from it cancels the
-    run (nothing is kept). Returns the latent and the run's statistics."""
+    run (nothing is kept). ``observer`` (instead of ``dummy_forcing``) may watch the cache
+    passes: ``observer.probe_for(chunk)`` returns a probe or None and
+    ``observer.after_commit(chunk, cache, stats)`` runs after each. ``stop_after_chunk``
+    ends the run after that chunk's cache pass (offline profiling); later frames stay
+    unset. Returns the latent and the run's statistics."""
     from .dummy_forcing import DummyForcingController
 
     B, C, Fr, Hh, Ww = shape
@@ -142,8 +147,10 @@ def generate(runner: ChunkRunner, context: torch.Tensor, shape: tuple[int, int, 
     work = torch.float64 if runner.dtype == torch.float64 else torch.float32
     device = runner.device
 
-    controller = None
+    controller = observer
     if dummy_forcing is not None:
+        if observer is not None:
+            raise ValueError("give dummy_forcing or an observer, not both")
         controller = DummyForcingController(dummy_forcing, runner.geometry, settings.chunk_frames, chunks,
                                             settings.retention)
     context = context.expand(B, -1, -1) if context.shape[0] == 1 else context
@@ -152,7 +159,7 @@ def generate(runner: ChunkRunner, context: torch.Tensor, shape: tuple[int, int, 
     stats = GenerationStats.start(runner.geometry, settings, (Hh, Ww), Fr, runner.tokens_per_frame(Hh, Ww),
                                   dummy_forcing)
     noise = _Noise(settings.seed, work, device)
-    out = torch.empty((B, C, Fr, Hh, Ww), dtype=work, device=device)
+    out = torch.zeros((B, C, Fr, Hh, Ww), dtype=work, device=device)
     ctx_sigma = float(settings.context_timestep) / 1000.0
     total_passes = len(chunks) * len(sigmas)
     done = 0
@@ -176,7 +183,7 @@ def generate(runner: ChunkRunner, context: torch.Tensor, shape: tuple[int, int, 
                 s_next = sigmas[k + 1]
                 x = (1.0 - s_next) * x0 + s_next * noise(x0.shape)
         out[:, :, f0:f0 + n] = x0
-        if ci + 1 < len(chunks):
+        if ci + 1 < len(chunks) and (stop_after_chunk is None or ci <= stop_after_chunk):
             xc = x0 if ctx_sigma == 0 else (1.0 - ctx_sigma) * x0 + ctx_sigma * noise(x0.shape)
             probe = controller.probe_for(ci) if controller else None
             runner.forward(xc, torch.full((B,), settings.context_timestep, device=device, dtype=work), f0, text,
@@ -186,6 +193,8 @@ def generate(runner: ChunkRunner, context: torch.Tensor, shape: tuple[int, int, 
         if time_chunks:
             _sync(device)
         stats.chunk_seconds.append(time.perf_counter() - t_start)
+        if stop_after_chunk is not None and ci >= stop_after_chunk:
+            break
 
     stats.finish(cache)
     return GenerationResult(out, stats)

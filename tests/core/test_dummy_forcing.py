@@ -168,3 +168,24 @@ def test_bad_settings_raise_before_anything_runs(model, ctx):
     with pytest.raises(ValueError, match="sink"):
         generate(runner, ctx, shape, SamplerSettings(timesteps=(1000,), retention=Retention(0, 3)),
                  dummy_forcing=DummyForcingConfig(sink_frames=1, ar_start=2))
+
+
+def test_offline_profile_reproduces_online_profiling(model, ctx):
+    """Profiling offline with the same prompt, seed and sampling as the online run gives the
+    same scores, so generating with that profile gives the same video."""
+    from dummy_forcing_core.dummy_forcing import profile_heads
+
+    settings = SamplerSettings(timesteps=(1000, 500), seed=9)
+    shape = (1, 16, 12, H_LAT, W_LAT)
+    runner = ChunkRunner(model)
+    online = generate(runner, ctx, shape, settings,
+                      dummy_forcing=DummyForcingConfig(dummy_heads=0.5, sample_fraction=0.5, profile_seed=4))
+    prof = profile_heads(runner, [ctx], shape, settings, seeds=[9], ar_start=1, num_chunks=1, sink_frames=1,
+                         sample_fraction=0.5, profile_seed=4)
+    assert torch.allclose(prof.scores, torch.tensor(online.stats.head_scores, dtype=torch.float32))
+    offline = generate(runner, ctx, shape, settings, dummy_forcing=DummyForcingConfig(dummy_heads=0.5, profile=prof))
+    assert torch.equal(offline.latent, online.latent)
+    both = profile_heads(runner, [ctx, -ctx], shape, settings, seeds=[9, 10], num_chunks=2)
+    assert both.settings["prompts"] == 2 and both.num_samples == 8  # 2 prompts x 2 seeds x 2 chunks
+    with pytest.raises(ValueError, match="at least"):
+        profile_heads(runner, [ctx], shape, settings, seeds=[9], ar_start=2, num_chunks=2)
