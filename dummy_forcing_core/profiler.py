@@ -139,30 +139,34 @@ class AttentionProfiler:
             raise ValueError(f"probe: {Lk} keys for {Lq} queries do not match {len(frame_ids)} cached frames of "
                              f"{tpf} tokens")
         device = q.device
-        work = torch.float64 if q.dtype == torch.float64 else torch.float32
-
-        # one-hot region of each key token: [Lk, 3]
+        # Region masses = softmax(q k^T / sqrt(D)) @ onehot(region): an attention call whose
+        # values are region indicators, so the fused kernel never materialises the
+        # [rows, Lk] probabilities. Float64 inputs stay float64; bf16/fp16 accumulate in fp32.
+        work = q.dtype if q.dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16) else torch.float32
         region = torch.full((Lk,), 2, dtype=torch.long)
         if ctx:
             fid = torch.tensor(frame_ids, dtype=torch.long).repeat_interleave(tpf)
             region[:ctx] = torch.where(fid < self.sink_frames, 0, 1)
-        onehot = torch.nn.functional.one_hot(region, 3).to(device=device, dtype=work)
+        vdim = max(D, 8)
+        values = torch.zeros(Lk, vdim, dtype=work)
+        values[torch.arange(Lk), region] = 1.0
+        values = values.to(device).expand(B, H, Lk, vdim)
 
         rows = self._sample_rows(layer, Lq)
         self.last_rows[layer] = rows
         k = keys.to(work)
-        scale = 1.0 / math.sqrt(D)
         step = self.query_slice
         if self.max_slice_elements is not None:
             step = max(1, min(step, self.max_slice_elements // max(1, B * H * Lk)))
-        acc = torch.zeros(H, 3, dtype=work, device=device)
+        acc = torch.zeros(H, 3, dtype=torch.float64 if work == torch.float64 else torch.float32, device=device)
         rows_dev = rows.to(device)
         for s in range(0, rows_dev.numel(), step):
-            qs = q.index_select(2, rows_dev[s:s + step]).to(work)             # [B, H, s, D]
-            p = torch.softmax(torch.matmul(qs, k.transpose(-1, -2)) * scale, dim=-1)  # [B, H, s, Lk]
-            acc += torch.matmul(p, onehot).sum(dim=(0, 2))                    # [H, 3]
-            del p
-        self._sums[layer] += (acc / (B * rows.numel())).to(device="cpu", dtype=torch.float64)
+            qs = q.index_select(2, rows_dev[s:s + step]).to(work)              # [B, H, s, D]
+            mass = torch.nn.functional.scaled_dot_product_attention(qs, k, values)[..., :3]  # [B, H, s, 3]
+            acc += mass.to(acc.dtype).sum(dim=(0, 2))
+        if self._sums.device != device:
+            self._sums = self._sums.to(device)
+        self._sums[layer] += (acc / (B * rows.numel())).to(torch.float64)
         self.layer_calls[layer] += 1
         self.calls += 1
 
@@ -178,7 +182,7 @@ class AttentionProfiler:
             what = "no layer was" if len(missing) == self.num_layers else f"layers {missing} were"
             raise RuntimeError(f"attention profiler: {what} probed ({self.calls} calls so far); run at least one "
                                "chunk through the whole model with the profiler as the probe, on an undivided cache")
-        s = self._sums / self.layer_calls[:, None, None].to(torch.float64)
+        s = self._sums.cpu() / self.layer_calls[:, None, None].to(torch.float64)
         s = s / s.sum(dim=-1, keepdim=True).clamp_min(1e-300)
         return s.to(torch.float32)
 
