@@ -3,6 +3,7 @@
     COMFYUI_DIR=/opt/comfyui COMFYUI_PYTHON=/opt/comfyui-venv/bin/python \
         python -m pytest -q tests/real_comfyui
 """
+import importlib.util
 import os
 import sys
 
@@ -11,6 +12,13 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
+
+# pytest >= 8 imports the repo root's __init__.py (the pack module, which imports comfy_api) as a
+# package before running any test under it, so this process needs the stub on sys.path too. The
+# real ComfyUI always runs in a subprocess (PYTHONPATH dropped) and never sees it.
+_STUB = os.path.join(os.path.dirname(HERE), "comfy_stub")
+if importlib.util.find_spec("comfy") is None and _STUB not in sys.path:
+    sys.path.insert(0, _STUB)
 
 from harness import ComfyServer  # noqa: E402
 import probe_pack  # noqa: E402
