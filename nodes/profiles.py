@@ -1,0 +1,189 @@
+"""Profile Heads (offline head profiling over prompts x seeds) and Load Head Profile."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from comfy_api.latest import io, ui
+
+from dummy_forcing_core.dummy_forcing import profile_heads
+from dummy_forcing_core.heatmap import head_map_image
+from dummy_forcing_core.profile import HeadProfile
+from dummy_forcing_core.sampler import SamplerSettings, flow_sigmas, plan_chunks
+
+from . import comfy_glue as glue
+from . import widgets as w
+
+PROFILE_NAME = "Profile Heads"
+LOAD_NAME = "Load Head Profile"
+
+
+def image_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 [h, w, 3] -> IMAGE [1, h, w, 3] float 0..1."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).float().div(255.0).unsqueeze(0)
+
+
+def head_map(profile: HeadProfile, dummy_heads: float) -> torch.Tensor:
+    return image_tensor(head_map_image(profile.scores, profile.assign(float(dummy_heads))))
+
+
+class ProfileHeads(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProfileHeads",
+            display_name=PROFILE_NAME,
+            category=w.CATEGORY,
+            description=(
+                "Measures, once, where every attention head of a Wan model looks while generating: at the first "
+                "frames (sink), at recent chunks (neighbor) or at the current chunk only (dummy candidates). It "
+                "generates the first chunks of a video for every prompt x seed with a full cache and averages the "
+                "attention of chunks ar_start.. into a HEAD_PROFILE. Feed it to Apply Dummy Forcing to skip online "
+                "profiling, or save it and reuse it with Load Head Profile. The image is the head map: rows are "
+                "layers, columns heads, colour the head type at preview_dummy_heads, shade the attention on the "
+                "current chunk."),
+            inputs=[
+                io.Model.Input("model", tooltip="The Wan2.1 diffusion model to profile (Load Diffusion Model). A "
+                               "profile only fits models with the same layers and heads."),
+                io.Conditioning.Input(
+                    "conditioning", tooltip="One or several prompts (chain CLIP Text Encode outputs through "
+                    "Conditioning (Combine) for several). Every entry is profiled; more varied prompts give a profile "
+                    "that generalises better (the dummy set overlaps ~76% across prompts)."),
+                io.Latent.Input(
+                    "latent", tooltip="A Wan video latent (EmptyHunyuanLatentVideo) whose shape sets resolution, "
+                    "batch and length. Only the first ar_start + chunks_to_profile chunks are generated; it needs at "
+                    "least ar_start + chunks_to_profile + 1 chunks. Profile at the resolution you will generate at."),
+                w.seed(" Seeds seed .. seed + runs_per_prompt - 1 are used; the seed also drives query sampling."),
+                io.Int.Input(
+                    "runs_per_prompt", default=1, min=1, max=64,
+                    tooltip="Runs (different seeds) per prompt, averaged into the profile (default 1). Head types are "
+                    "stable across seeds, so 1-2 is usually enough; cost grows linearly."),
+                io.Int.Input(
+                    "ar_start", default=1, min=1, max=10000,
+                    tooltip="First generated chunk whose clean pass is profiled (default 1, as Apply Dummy Forcing "
+                    "for Self Forcing; 2 for LongLive). Use the same ar_start as when generating."),
+                io.Int.Input(
+                    "chunks_to_profile", default=1, min=1, max=1000,
+                    tooltip="How many chunks from ar_start on are profiled and averaged (default 1). Head types are "
+                    "~92% stable across chunks; more chunks cost one extra chunk each."),
+                io.Int.Input(
+                    "sink_frames", default=1, min=1, max=1000,
+                    tooltip="Latent frames counted as the attention sink when measuring (default 1). Use the same "
+                    "value as sink_frames on Apply Dummy Forcing."),
+                w.frames_per_chunk(),
+                w.denoise_timesteps(),
+                w.steps(),
+                w.shift(),
+                io.Float.Input(
+                    "sample_fraction", default=0.25, min=0.01, max=1.0, step=0.01,
+                    tooltip="Share of the current chunk's queries sampled to measure attention (default 0.25, the "
+                    "paper). 1.0 uses every query: exact but slower on large videos."),
+                io.Float.Input(
+                    "preview_dummy_heads", default=0.5, min=0.0, max=1.0, step=0.01,
+                    tooltip="Only for the head map image: fraction of heads shown as dummy (default 0.5). Does not "
+                    "change the profile; Apply Dummy Forcing picks the real number."),
+                io.String.Input(
+                    "save_name", default="",
+                    tooltip="Empty (default): nothing is saved. A name such as 'self_forcing_480p' saves the profile "
+                    "to <ComfyUI output>/dummy_forcing/profiles/<name>.safetensors for Load Head Profile; an existing "
+                    "file is never overwritten (a _2, _3, ... suffix is added)."),
+            ],
+            outputs=[
+                w.HEAD_PROFILE.Output(display_name="head_profile", tooltip="Per-head attention scores of this model; "
+                                      "connect to Apply Dummy Forcing."),
+                io.Image.Output(display_name="head_map", tooltip="Layers x heads map: hue = head type, strength = "
+                                "attention on the current chunk."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, conditioning, latent, seed, runs_per_prompt, ar_start, chunks_to_profile, sink_frames,
+                frames_per_chunk, denoise_timesteps, steps, shift, sample_fraction, preview_dummy_heads,
+                save_name) -> io.NodeOutput:
+        N = PROFILE_NAME
+        with glue.node_errors(N):
+            geom = glue.wan_geometry(model, N)
+            samples = glue.latent_samples(latent, N, geom)
+            B, C, Fr, Hh, Ww = samples.shape
+            contexts = glue.conditioning_contexts(conditioning, N, "conditioning", glue.text_dim_of(model))
+            for ctx in contexts:
+                glue.check_context_batch(ctx, B, N, "conditioning")
+            name = glue.safe_profile_name(save_name, N) if (save_name or "").strip() else None
+            settings = SamplerSettings(chunk_frames=int(frames_per_chunk),
+                                       timesteps=glue.parse_timesteps(denoise_timesteps, N),
+                                       steps=int(steps), shift=float(shift))
+            sigmas = flow_sigmas(settings)
+            _, chunks = plan_chunks(Fr, settings.chunk_frames)
+            last = int(ar_start) + int(chunks_to_profile) - 1
+            seeds = [int(seed) + i for i in range(int(runs_per_prompt))]
+            progress = glue.Progress(model, len(contexts) * len(seeds) * min(last + 1, len(chunks)) * len(sigmas))
+            progress.check()
+            runner = glue.load_runner(model)
+            profile = profile_heads(runner, contexts, (B, C, Fr, Hh, Ww), settings, seeds, ar_start=int(ar_start),
+                                    num_chunks=int(chunks_to_profile), sink_frames=int(sink_frames),
+                                    sample_fraction=float(sample_fraction), profile_seed=int(seed),
+                                    callback=progress)
+            profile.settings["runs"] = len(contexts) * len(seeds)
+            image = head_map(profile, preview_dummy_heads)
+            text = profile.summary(profile.assign(float(preview_dummy_heads)))
+            if name is not None:
+                path = save_profile(profile, name)
+                text = f"saved to {path}\n" + text
+        return io.NodeOutput(profile, image, ui={"text": (text,), **ui.PreviewImage(image, cls=cls).as_dict()})
+
+
+def save_profile(profile: HeadProfile, name: str) -> str:
+    """Save under <output>/dummy_forcing/profiles without overwriting anything; returns the path."""
+    while True:
+        path = glue.unused_profile_path(name)
+        try:
+            with open(path, "x"):  # reserve the name (another run may pick the same one)
+                pass
+        except FileExistsError:
+            continue
+        try:
+            return profile.save(path)
+        except BaseException:
+            if os.path.exists(path) and os.path.getsize(path) == 0:
+                os.remove(path)
+            raise
+
+
+class LoadHeadProfile(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LoadHeadProfile",
+            display_name=LOAD_NAME,
+            category=w.CATEGORY,
+            description=(
+                "Loads a head profile saved by Profile Heads (<output>/dummy_forcing/profiles) or placed in "
+                "<models>/dummy_forcing_profiles, for Apply Dummy Forcing. A profile fits only models with the same "
+                "layers and heads; Apply Dummy Forcing checks that."),
+            inputs=[
+                io.Combo.Input(
+                    "profile_name", options=glue.list_profiles(),
+                    tooltip="A .safetensors head profile from <ComfyUI output>/dummy_forcing/profiles (where Profile "
+                    "Heads saves) or <ComfyUI models>/dummy_forcing_profiles. Refresh the page (R) after saving a new "
+                    "one. Files that are not head profiles (models, LoRAs) are rejected with an error."),
+            ],
+            outputs=[w.HEAD_PROFILE.Output(display_name="head_profile", tooltip="Connect to Apply Dummy Forcing.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, profile_name):
+        try:
+            path = glue.profile_path(profile_name, LOAD_NAME)
+            st = os.stat(path)
+            return f"{path}:{st.st_mtime_ns}:{st.st_size}"
+        except Exception:
+            return profile_name
+
+    @classmethod
+    def execute(cls, profile_name) -> io.NodeOutput:
+        with glue.node_errors(LOAD_NAME):
+            path = glue.profile_path(profile_name, LOAD_NAME)
+            profile = HeadProfile.load(path)
+        return io.NodeOutput(profile)

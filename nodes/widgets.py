@@ -1,0 +1,50 @@
+"""Widget inputs that several nodes share (same names, defaults, ranges and tooltips)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+CATEGORY = "video/dummy forcing"
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+HEAD_PROFILE = io.Custom("HEAD_PROFILE")
+DF_STATS = io.Custom("DF_STATS")
+
+
+def seed(tooltip_extra: str = "") -> io.Int.Input:
+    return io.Int.Input(
+        "seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+        tooltip="Noise seed (default 0). The same seed, settings and model give the same video on any device: "
+                "noise is drawn on the CPU in a fixed order. With a batch > 1 the one seed drives the whole batch "
+                "(each video gets different noise)." + tooltip_extra)
+
+
+def denoise_timesteps() -> io.String.Input:
+    return io.String.Input(
+        "denoise_timesteps", default="1000,750,500,250",
+        tooltip="Denoising timesteps of every chunk, comma-separated, each in (0, 1000], before the shift warp. "
+                "Default 1000,750,500,250: the 4-step schedule Self Forcing / CausVid / LongLive were distilled "
+                "for. Leave empty to use 'steps' evenly spaced timesteps instead. Only change it for a checkpoint "
+                "trained with another schedule.")
+
+
+def steps() -> io.Int.Input:
+    return io.Int.Input(
+        "steps", default=4, min=1, max=100,
+        tooltip="Denoising steps per chunk, used only when 'denoise_timesteps' is empty (default 4): timesteps "
+                "1000, 1000*(1-1/steps), ... More steps cost proportionally more time; distilled causal "
+                "checkpoints are made for 4.")
+
+
+def shift() -> io.Float.Input:
+    return io.Float.Input(
+        "shift", default=5.0, min=0.01, max=100.0, step=0.01,
+        tooltip="Flow-matching shift applied to the timesteps: sigma' = shift*s / (1 + (shift-1)*s). Default 5.0 "
+                "(Self Forcing, LongLive, Causal Forcing); CausVid uses 8. Higher values spend more of the schedule "
+                "at high noise (more global structure). This node does not read ModelSamplingSD3's shift.")
+
+
+def frames_per_chunk() -> io.Int.Input:
+    return io.Int.Input(
+        "frames_per_chunk", default=3, min=1, max=64,
+        tooltip="Latent frames generated per autoregressive chunk (default 3 = 12 video frames, chunk-wise Self "
+                "Forcing / LongLive). Use 1 for frame-wise checkpoints. Must match how the checkpoint was trained; "
+                "a last chunk that does not fill up is generated shorter.")
