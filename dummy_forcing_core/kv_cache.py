@@ -186,6 +186,13 @@ class LayerCache:
         if covered != list(range(num_heads)):
             raise ValueError(f"head groups must cover heads 0..{num_heads - 1} once each, got {covered}")
         self._identity = len(groups) == 1 and groups[0].head_list == list(range(num_heads))
+        # storage order: the heads of every group, group after group (see attend_ordered)
+        self.order: list[int] = [h for g in groups for h in g.head_list]
+        self.ranges: list[tuple[int, int]] = []
+        a = 0
+        for g in groups:
+            self.ranges.append((a, a + g.num_heads))
+            a += g.num_heads
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probe=None) -> torch.Tensor:
         """Self-attention of the chunk's queries over [cached context | chunk].
@@ -216,6 +223,31 @@ class LayerCache:
             out.index_copy_(2, idx, F.scaled_dot_product_attention(qg, keys, values).transpose(1, 2))
         return out
 
+    def attend_ordered(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probe=None) -> torch.Tensor:
+        """Like :meth:`attend`, with q, k, v [B, Lc, H, D] and the result in *storage order*
+        (``self.order``: group after group), so each group is a contiguous slice of heads and
+        nothing is gathered or scattered. The fast path gets them so by permuting the
+        projection weights once per layout. ``probe`` as in :meth:`attend` (identity order)."""
+        B, L, H, D = q.shape
+        full_keys = self.groups[0].history * self.groups[0].tpf + L
+        self.flops.full += 4 * B * H * L * full_keys * D
+        if probe is not None and not self._identity:
+            raise RuntimeError("attention profiling needs the undivided cache (profile before regrouping)")
+        if len(self.groups) == 1:
+            g = self.groups[0]
+            qt = q.transpose(1, 2)
+            keys, values = g.write(k.transpose(1, 2), v.transpose(1, 2))
+            if probe is not None:
+                probe(qt, keys, g)
+            self.flops.done += 4 * B * H * L * keys.shape[2] * D
+            return F.scaled_dot_product_attention(qt, keys, values).transpose(1, 2)
+        out = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
+        for g, (a, b) in zip(self.groups, self.ranges):
+            keys, values = g.write(k[:, :, a:b].transpose(1, 2), v[:, :, a:b].transpose(1, 2))
+            self.flops.done += 4 * B * (b - a) * L * keys.shape[2] * D
+            out[:, :, a:b] = F.scaled_dot_product_attention(q[:, :, a:b].transpose(1, 2), keys, values).transpose(1, 2)
+        return out
+
     def commit(self):
         for g in self.groups:
             g.commit()
@@ -243,11 +275,19 @@ class KVCache:
     @classmethod
     def create(cls, num_layers: int, num_heads: int, head_dim: int, tokens_per_frame: int,
                max_chunk_frames: int, total_frames: int, retention: Retention = FULL,
-               batch: int = 1, dtype=torch.float32, device="cpu") -> "KVCache":
+               batch: int = 1, dtype=torch.float32, device="cpu", capacity_frames: int | None = None) -> "KVCache":
+        """``capacity_frames``: frames the initial groups hold (context + scratch); default
+        enough for the whole video. A cache regrouped early (Dummy Forcing at ``ar_start``)
+        needs the base layout only until then; the regrouped groups are sized for the whole
+        video (``total_frames``)."""
         if max_chunk_frames < 1:
             raise ValueError("chunk size must be >= 1 frame")
         flops = FlopCounter()
         cap = _capacity(retention, total_frames, max_chunk_frames)
+        if capacity_frames is not None:
+            if capacity_frames < max_chunk_frames:
+                raise ValueError(f"capacity_frames={capacity_frames} cannot hold a chunk of {max_chunk_frames} frames")
+            cap = min(cap, int(capacity_frames))
         spec = GroupSpec(list(range(num_heads)), [(num_heads, retention)], name="all")
         layers = [LayerCache([HeadGroup(spec, batch, head_dim, tokens_per_frame, cap, dtype, device)], num_heads, flops)
                   for _ in range(num_layers)]
@@ -286,11 +326,10 @@ class KVCache:
                 if missing:
                     raise ValueError(f"cannot regroup: head {h} needs frames {missing} that the cache no longer holds")
                 pos = {f: i for i, f in enumerate(src_ids)}
-                tok = torch.tensor([pos[f] * self.tokens_per_frame + t for f in want for t in range(self.tokens_per_frame)],
-                                   dtype=torch.long, device=self.device)
-                n = tok.numel()
-                g.k[:, row, :n].copy_(src.k[:, src_row].index_select(1, tok))
-                g.v[:, row, :n].copy_(src.v[:, src_row].index_select(1, tok))
+                tpf = self.tokens_per_frame
+                for dst, srcpos, n in _runs([pos[f] for f in want]):  # block copies of consecutive frames
+                    g.k[:, row, dst * tpf:(dst + n) * tpf].copy_(src.k[:, src_row, srcpos * tpf:(srcpos + n) * tpf])
+                    g.v[:, row, dst * tpf:(dst + n) * tpf].copy_(src.v[:, src_row, srcpos * tpf:(srcpos + n) * tpf])
             groups.append(g)
         return LayerCache(groups, layer.num_heads, self.flops)
 
@@ -308,6 +347,19 @@ class KVCache:
         frames = self.history if frames is None else frames
         elem = torch.empty((), dtype=self.dtype).element_size()
         return 2 * len(self.layers) * self.batch * self.num_heads * frames * self.tokens_per_frame * self.head_dim * elem
+
+
+def _runs(src_positions: list[int]) -> list[tuple[int, int, int]]:
+    """[(destination index, source index, length)] of maximal runs where consecutive
+    destinations read consecutive sources."""
+    runs = []
+    for j, p in enumerate(src_positions):
+        if runs and runs[-1][1] + runs[-1][2] == p:
+            d, s, n = runs[-1]
+            runs[-1] = (d, s, n + 1)
+        else:
+            runs.append((j, p, 1))
+    return runs
 
 
 def _capacity(ret: Retention, total_frames: int, chunk: int) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kv_cache import FULL, Retention
+from .kv_cache import FULL, Retention, _capacity
 from .stats import GenerationStats
 from .transformer import ChunkRunner
 
@@ -105,7 +105,10 @@ class _Noise:
         self.dtype, self.device = dtype, device
 
     def __call__(self, shape) -> torch.Tensor:
-        return torch.randn(shape, generator=self.gen, dtype=torch.float32).to(device=self.device, dtype=self.dtype)
+        x = torch.randn(shape, generator=self.gen, dtype=torch.float32)
+        if torch.device(self.device).type == "cuda":  # pinned + async: no host sync in the chunk loop
+            return x.pin_memory().to(device=self.device, dtype=self.dtype, non_blocking=True)
+        return x.to(device=self.device, dtype=self.dtype)
 
 
 def _sync(device: torch.device):
@@ -155,7 +158,13 @@ def generate(runner: ChunkRunner, context: torch.Tensor, shape: tuple[int, int, 
                                             settings.retention)
     context = context.expand(B, -1, -1) if context.shape[0] == 1 else context
     text = runner.encode_text(context)
-    cache = runner.new_cache(B, Hh, Ww, Fr, settings.chunk_frames, settings.retention)
+    base_capacity = None
+    if dummy_forcing is not None and chunks:
+        # the base layout only lives until the regroup after chunk ar_start's cache pass:
+        # size it for that (the regrouped groups are sized for the whole video)
+        a = min(max(dummy_forcing.ar_start, 0), len(chunks) - 1)
+        base_capacity = _capacity(settings.retention, chunks[a][0] + 1, settings.chunk_frames)
+    cache = runner.new_cache(B, Hh, Ww, Fr, settings.chunk_frames, settings.retention, capacity_frames=base_capacity)
     stats = GenerationStats.start(runner.geometry, settings, (Hh, Ww), Fr, runner.tokens_per_frame(Hh, Ww),
                                   dummy_forcing)
     noise = _Noise(settings.seed, work, device)

@@ -178,24 +178,68 @@ def check_latent(x: torch.Tensor, geom: ModelGeometry, what: str = "latent") -> 
 
 class ChunkRunner:
     """Runs a Wan transformer on one chunk of frames at its absolute position, reading and
-    writing a :class:`KVCache`. ``dtype`` is the compute dtype (default: the weights')."""
+    writing a :class:`KVCache`. ``dtype`` is the compute dtype (default: the weights').
 
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None, device=None):
+    ``fast``: the inference fast path (:mod:`dummy_forcing_core.fast_path`): ``None`` (auto)
+    uses it on CUDA in bf16/fp16 when every submodule is a plain one it can read; ``True``
+    uses it wherever supported (also on CPU, for tests), ``False`` never; a
+    :class:`~dummy_forcing_core.fast_path.FastOptions` turns it on with those switches.
+    Results agree with the reference loop to the compute dtype's rounding."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None, device=None, fast=None):
         self.geometry = ModelGeometry.of(model)
         self.model = model
         w = model.blocks[0].self_attn.q.weight
         self.dtype = dtype or (w.dtype if w.dtype.is_floating_point and w.element_size() >= 2 else torch.float32)
         self.device = torch.device(device) if device is not None else w.device
+        self._rope_cache: dict[tuple, RopeTable] = {}
+        self.fast_path = None
+        self.fast_reason = "off"
+        from .fast_path import FastOptions, FastPath
+
+        if fast is None:
+            want = self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16)
+            opts = FastOptions()
+            if not want:
+                self.fast_reason = "auto: only on CUDA in bf16/fp16"
+        else:
+            want = fast is not False
+            opts = fast if isinstance(fast, FastOptions) else FastOptions()
+        if want:
+            fp = FastPath(model, self.geometry, self.dtype, self.device, opts)
+            if fp.supported:
+                self.fast_path, self.fast_reason = fp, "on"
+            else:
+                self.fast_reason = fp.reason
+
+    def rope(self, frames: int, height: int, width: int, start_frame: int) -> RopeTable:
+        """RoPE angles of a chunk on the device, cached (the passes of a chunk share them);
+        built on the CPU in float64 and copied without a host sync."""
+        key = (frames, height, width, start_frame)
+        table = self._rope_cache.get(key)
+        if table is None:
+            dt = torch.float64 if self.dtype == torch.float64 else torch.float32
+            t = rope_table(frames, height, width, self.geometry.head_dim, start_frame, dtype=dt)
+            if self.device.type == "cuda":
+                t = RopeTable(t.cos.pin_memory().to(self.device, non_blocking=True),
+                              t.sin.pin_memory().to(self.device, non_blocking=True))
+            elif t.cos.device != self.device:
+                t = RopeTable(t.cos.to(self.device), t.sin.to(self.device))
+            if len(self._rope_cache) >= 4:
+                self._rope_cache.pop(next(iter(self._rope_cache)))
+            self._rope_cache[key] = table = t
+        return table
 
     def tokens_per_frame(self, height: int, width: int) -> int:
         _, ph, pw = self.geometry.patch_size
         return (height // ph) * (width // pw)
 
     def new_cache(self, batch: int, height: int, width: int, total_frames: int, chunk_frames: int,
-                  retention: Retention = FULL) -> KVCache:
+                  retention: Retention = FULL, capacity_frames: int | None = None) -> KVCache:
+        """``capacity_frames``: see :meth:`KVCache.create` (default: the whole video)."""
         g = self.geometry
         return KVCache.create(g.num_layers, g.num_heads, g.head_dim, self.tokens_per_frame(height, width), chunk_frames,
-                              total_frames, retention, batch, self.dtype, self.device)
+                              total_frames, retention, batch, self.dtype, self.device, capacity_frames=capacity_frames)
 
     def encode_text(self, context: torch.Tensor) -> TextCache:
         """context: [B, L_text, text_dim] (umT5 for real Wan models)."""
@@ -221,10 +265,16 @@ class ChunkRunner:
         if timesteps.ndim == 1:
             timesteps = timesteps[:, None].expand(B, Fr)
         x = x.to(self.device)
+        _, ph, pw = g.patch_size
+        rope = self.rope(Fr, Hh // ph, Ww // pw, start_frame)
+        if self.fast_path is not None:
+            out, grid = self.fast_path.run(x, timesteps.to(self.device), rope, cache, text, probe)
+            if commit:
+                cache.commit()
+            return unpatchify(out, grid, g.patch_size, g.out_dim).to(
+                torch.float64 if self.dtype == torch.float64 else torch.float32)
         tokens, grid = embed_patches(self.model, x, self.dtype)
         e, e0 = time_embed(self.model, timesteps.to(self.device), self.dtype)
-        rope = rope_table(grid[0], grid[1], grid[2], g.head_dim, start_frame, device=self.device,
-                          dtype=torch.float64 if self.dtype == torch.float64 else torch.float32)
         for i, block in enumerate(self.model.blocks):
             layer = cache.layers[i]
             layer_probe = None if probe is None else (lambda q, k, grp, i=i: probe(i, q, k, grp))

@@ -1,0 +1,346 @@
+"""The inference fast path of :class:`~dummy_forcing_core.transformer.ChunkRunner`.
+
+Same function as the reference loop (``block_forward`` per block), computed with fewer
+passes over memory (measurements in ``docs/performance.md``):
+
+* heads come out of the projections already in the cache's storage order: per layer and
+  per head layout (once per video, when Dummy Forcing regroups the cache) the q / k / v
+  weights are copied with their output channels permuted head-wise and concatenated into
+  one QKV product, ``norm_q`` / ``norm_k`` weights permuted alike (the RMSNorm runs over
+  the whole dim, so a permutation commutes with it; RoPE is the same for every head), and
+  the ``o`` weight with its input channels permuted. No gathers of head groups per call;
+* RMSNorm + RoPE in one kernel; residual + gate + LayerNorm + modulation in one kernel
+  (``fast_kernels``); GELU in the FFN's first product (cuBLASLt epilogue); the patch
+  embedding as one product;
+* a chosen SDPA backend (cuDNN on Hopper by default, else flash).
+
+Every submodule must be a plain ``nn.Linear`` / ``nn.LayerNorm`` / RMSNorm whose weights can
+be read directly (no host casting or weight patches at call time, see :func:`plain_linear`);
+otherwise :meth:`FastPath.supported` is False and the runner keeps the reference loop.
+Weights are read at each forward, and derived copies are rebuilt when a source weight
+changes (data pointer or in-place version), so patches applied between videos are seen.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .fast_kernels import residual_norm_modulate, rms_norm_rope
+from .transformer import embed_patches, time_embed
+
+__all__ = ["FastOptions", "FastPath", "plain_linear", "attention_backends"]
+
+ATTENTION_CHOICES = ("auto", "cudnn", "flash", "efficient", "math", "default")
+
+
+@dataclass(frozen=True)
+class FastOptions:
+    """Switches of the fast path (all on by default; each can be turned off to measure it).
+
+    fused_kernels: Triton RMSNorm+RoPE and residual+LayerNorm+modulation kernels (off: the
+        same math as torch ops). fuse_qkv: one QKV product. group_heads: permute weights
+        so head groups are contiguous (off: gather heads every call). gelu_epilogue: GELU
+        fused into the FFN product (CUDA). linear_patch_embed: patch embedding as a product.
+    attention: SDPA backend preference: auto (cuDNN first on Hopper, else flash), cudnn,
+        flash, efficient, math, or default (torch's own choice).
+    weight_budget_bytes: most bytes of derived weight copies (permuted / fused) to keep;
+        above it the path gathers heads and runs separate products instead."""
+
+    fused_kernels: bool = True
+    fuse_qkv: bool = True
+    group_heads: bool = True
+    gelu_epilogue: bool = True
+    linear_patch_embed: bool = True
+    attention: str = "auto"
+    weight_budget_bytes: int = 2 << 30
+
+    def __post_init__(self):
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
+
+
+def _flags_plain(m: nn.Module) -> bool:
+    return (not getattr(m, "comfy_cast_weights", False) and not getattr(m, "weight_function", None)
+            and not getattr(m, "bias_function", None) and not m._forward_hooks and not m._forward_pre_hooks)
+
+
+def _on(t: torch.Tensor | None, dtype, device) -> bool:
+    return t is None or (t.dtype == dtype and t.device == device)
+
+
+def plain_linear(m, dtype, device) -> bool:
+    """An ``nn.Linear`` whose call is exactly ``F.linear(x, m.weight, m.bias)`` in ``dtype``."""
+    return isinstance(m, nn.Linear) and _flags_plain(m) and _on(m.weight, dtype, device) and _on(m.bias, dtype, device)
+
+
+def _plain_layernorm(m, dim, affine: bool, dtype, device) -> bool:
+    if not isinstance(m, nn.LayerNorm) or tuple(m.normalized_shape) != (dim,) or not _flags_plain(m):
+        return False
+    if affine:
+        return m.weight is not None and m.bias is not None and _on(m.weight, dtype, device) and _on(m.bias, dtype, device)
+    return m.weight is None and m.bias is None
+
+
+def _plain_rmsnorm(m, dim, device) -> bool:
+    w = getattr(m, "weight", None)
+    return ("RMSNorm" in type(m).__name__ and isinstance(w, torch.Tensor) and tuple(w.shape) == (dim,)
+            and w.device == device and w.dtype.is_floating_point and hasattr(m, "eps") and _flags_plain(m))
+
+
+def _eps(m, dtype) -> float:
+    e = getattr(m, "eps", None)
+    return float(torch.finfo(dtype).eps if e is None else e)
+
+
+def attention_backends(choice: str, device: torch.device):
+    """A context manager that makes SDPA prefer the chosen backend (falls back in order)."""
+    if device.type != "cuda" or choice == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cudnn, flash, eff, math = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                               SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+    if choice == "auto":
+        hopper = torch.cuda.get_device_capability(device)[0] >= 9
+        order = [cudnn, flash, eff, math] if hopper else [flash, eff, cudnn, math]
+    else:
+        first = {"cudnn": cudnn, "flash": flash, "efficient": eff, "math": math}[choice]
+        order = [first] + [b for b in (flash, cudnn, eff, math) if b != first]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # older torch: no priorities
+        return sdpa_kernel(order)
+
+
+def _version(t: torch.Tensor | None):
+    return None if t is None else (t.data_ptr(), t._version, t.dtype)
+
+
+@dataclass
+class _LayerWeights:
+    key: tuple
+    qkv_w: torch.Tensor | None          # [3C, C] (storage order), or None: separate products
+    qkv_b: torch.Tensor | None
+    q: tuple                            # (weight, bias) of the separate products
+    k: tuple
+    v: tuple
+    nq: torch.Tensor                    # norm_q / norm_k weights in storage order
+    nk: torch.Tensor
+    o_w: torch.Tensor
+    o_b: torch.Tensor | None
+    gather: torch.Tensor | None         # storage order -> heads, when weights are not permuted
+    scatter: torch.Tensor | None
+
+
+class FastPath:
+    """Runs the blocks of one model the fast way (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, geometry, dtype: torch.dtype, device: torch.device,
+                 options: FastOptions):
+        self.model, self.g, self.dtype, self.device, self.opts = model, geometry, dtype, torch.device(device), options
+        self._weights: dict[int, _LayerWeights] = {}
+        self._gelu_checked: bool | None = None
+        self.reason = self._check()
+
+    # -- capability ---------------------------------------------------------------------------
+    def _check(self) -> str | None:
+        m, g, dt, dev = self.model, self.g, self.dtype, self.device
+        if dt not in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+            return f"compute dtype {dt}"
+        try:
+            for i, b in enumerate(m.blocks):
+                sa, ca = b.self_attn, b.cross_attn
+                lin = [sa.q, sa.k, sa.v, sa.o, ca.q, ca.o, b.ffn[0], b.ffn[2]]
+                if not all(plain_linear(x, dt, dev) for x in lin):
+                    return f"block {i}: a projection is not a plain Linear in {dt} on {dev}"
+                if not (_plain_layernorm(b.norm1, g.dim, False, dt, dev) and _plain_layernorm(b.norm2, g.dim, False, dt, dev)
+                        and _plain_layernorm(b.norm3, g.dim, True, dt, dev)):
+                    return f"block {i}: unexpected norm1/norm2/norm3"
+                if not all(_plain_rmsnorm(x, g.dim, dev) for x in (sa.norm_q, sa.norm_k, ca.norm_q)):
+                    return f"block {i}: unexpected q/k RMSNorm"
+                if len(b.ffn) != 3 or getattr(b.ffn[1], "approximate", None) != "tanh":
+                    return f"block {i}: FFN is not Linear-GELU(tanh)-Linear"
+                if b.modulation.device != dev:
+                    return f"block {i}: modulation on {b.modulation.device}"
+            if not (plain_linear(m.head.head, dt, dev) and _plain_layernorm(m.head.norm, g.dim, False, dt, dev)):
+                return "head is not LayerNorm + plain Linear"
+        except (AttributeError, TypeError, IndexError) as err:
+            return f"unexpected module structure ({err})"
+        return None
+
+    @property
+    def supported(self) -> bool:
+        return self.reason is None
+
+    # -- derived weights ------------------------------------------------------------------------
+    def _copy_budget_ok(self) -> bool:
+        g = self.g
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return g.num_layers * 4 * g.dim * g.dim * elem <= self.opts.weight_budget_bytes
+
+    def layer_weights(self, i: int, order: list[int]) -> _LayerWeights:
+        sa = self.model.blocks[i].self_attn
+        srcs = (sa.q.weight, sa.q.bias, sa.k.weight, sa.k.bias, sa.v.weight, sa.v.bias, sa.o.weight, sa.o.bias,
+                sa.norm_q.weight, sa.norm_k.weight)
+        key = (tuple(order),) + tuple(_version(t) for t in srcs)
+        w = self._weights.get(i)
+        if w is not None and w.key == key:
+            return w
+        self._weights.pop(i, None)
+        H, D, C = self.g.num_heads, self.g.head_dim, self.g.dim
+        identity = list(order) == list(range(H))
+        copies = self._copy_budget_ok()
+        permute = not identity and self.opts.group_heads and copies
+        fuse = self.opts.fuse_qkv and copies
+        with torch.no_grad():
+            chan = None
+            if permute:
+                chan = (torch.tensor(order, device=self.device)[:, None] * D
+                        + torch.arange(D, device=self.device)[None]).flatten()
+            pick = (lambda t: t) if chan is None else (lambda t: None if t is None else t.index_select(0, chan))
+            q = (pick(sa.q.weight), pick(sa.q.bias))
+            k = (pick(sa.k.weight), pick(sa.k.bias))
+            v = (pick(sa.v.weight), pick(sa.v.bias))
+            nq, nk = pick(sa.norm_q.weight), pick(sa.norm_k.weight)
+            o_w = sa.o.weight if chan is None else sa.o.weight.index_select(1, chan)
+            qkv_w = qkv_b = None
+            if fuse:
+                qkv_w = torch.cat([q[0], k[0], v[0]], 0)
+                if all(b is not None for b in (q[1], k[1], v[1])):
+                    qkv_b = torch.cat([q[1], k[1], v[1]], 0)
+                elif any(b is not None for b in (q[1], k[1], v[1])):
+                    zero = torch.zeros(C, dtype=self.dtype, device=self.device)
+                    qkv_b = torch.cat([b if b is not None else zero for b in (q[1], k[1], v[1])], 0)
+                q = k = v = (None, None)
+            gather = scatter = None
+            if not identity and not permute:
+                gather = torch.tensor(order, dtype=torch.long, device=self.device)
+                scatter = torch.argsort(gather)
+        w = _LayerWeights(key, qkv_w, qkv_b, q, k, v, nq, nk, o_w, sa.o.bias, gather, scatter)
+        self._weights[i] = w
+        return w
+
+    def clear(self):
+        """Drop derived weight copies (they are rebuilt on demand)."""
+        self._weights.clear()
+
+    # -- pieces -----------------------------------------------------------------------------
+    def _gelu_ok(self) -> bool:
+        """cuBLASLt's GELU epilogue is the tanh approximation; check it once on this device."""
+        if self._gelu_checked is None:
+            ok = False
+            if self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16, torch.float32):
+                try:
+                    gen = torch.Generator(device="cpu").manual_seed(0)
+                    a = torch.randn(64, 32, generator=gen).to(self.device, self.dtype)
+                    w = torch.randn(48, 32, generator=gen).to(self.device, self.dtype)
+                    b = torch.randn(48, generator=gen).to(self.device, self.dtype)
+                    got = torch._addmm_activation(b, a, w.t(), use_gelu=True).float()
+                    lin = F.linear(a.float(), w.float(), b.float())
+                    tanh = F.gelu(lin, approximate="tanh")
+                    exact = F.gelu(lin)
+                    err_t = (got - tanh).abs().max().item()
+                    err_e = (got - exact).abs().max().item()
+                    ok = err_t <= err_e and err_t < 0.1
+                except Exception:
+                    ok = False
+            self._gelu_checked = ok
+        return self._gelu_checked
+
+    def _ffn_in(self, h2: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
+        if self.opts.gelu_epilogue and lin.bias is not None and self._gelu_ok():
+            B, L, C = h2.shape
+            return torch._addmm_activation(lin.bias, h2.view(B * L, C), lin.weight.t(), use_gelu=True).view(B, L, -1)
+        return F.gelu(F.linear(h2, lin.weight, lin.bias), approximate="tanh")
+
+    def _norm_mod(self, *args, **kw):
+        return residual_norm_modulate(*args, use_triton=None if self.opts.fused_kernels else False, **kw)
+
+    def _rms(self, *args, **kw):
+        return rms_norm_rope(*args, use_triton=None if self.opts.fused_kernels else False, **kw)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        pe = self.model.patch_embedding
+        pt, ph, pw = self.g.patch_size
+        if (self.opts.linear_patch_embed and isinstance(pe, nn.Conv3d) and _flags_plain(pe) and pt == 1 and tuple(pe.kernel_size) == (pt, ph, pw)
+                and tuple(pe.stride) == (pt, ph, pw) and tuple(pe.padding) == (0, 0, 0) and pe.groups == 1
+                and tuple(pe.dilation) == (1, 1, 1) and pe.weight.dtype == self.dtype and pe.weight.device == self.device):
+            B, Cin, Fr, Hh, Ww = x.shape
+            h, w = Hh // ph, Ww // pw
+            p = x.to(self.dtype).view(B, Cin, Fr, h, ph, w, pw).permute(0, 2, 3, 5, 1, 4, 6).reshape(B, Fr * h * w, -1)
+            return F.linear(p, pe.weight.view(pe.weight.shape[0], -1), pe.bias), (Fr, h, w)
+        y, grid = embed_patches(self.model, x, self.dtype)
+        return y.contiguous(), grid
+
+    # -- the forward --------------------------------------------------------------------------
+    def run(self, x: torch.Tensor, timesteps: torch.Tensor, rope, cache, text, probe=None) -> tuple[torch.Tensor, tuple]:
+        """x [B, C_in, F, H, W] on the device; timesteps [B, F]. Returns the head output
+        [B, L, out * prod(patch)] and the token grid."""
+        m, g = self.model, self.g
+        dt = self.dtype
+        tokens, grid = self.embed(x)
+        x_ = tokens.contiguous()
+        B, L, C = x_.shape
+        Fr = grid[0]
+        H, D = g.num_heads, g.head_dim
+        e, e0 = time_embed(m, timesteps, dt)
+        work = torch.float64 if dt == torch.float64 else torch.float32
+        one = torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0], dtype=work, device=self.device)[:, None]
+        cos = rope.cos.to(device=self.device, dtype=work)
+        sin = rope.sin.to(device=self.device, dtype=work)
+        blocks = m.blocks
+        nl = len(blocks)
+
+        def mods(i):  # [B, F, 6, C] in work: shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2
+            return blocks[i].modulation.to(work).view(1, 1, 6, C) + e0.to(work) + one
+
+        head_mod = m.head.modulation.to(work).view(1, 1, 2, C) + e.to(work).unsqueeze(2)
+        head_mod = head_mod + torch.tensor([0.0, 1.0], dtype=work, device=self.device)[:, None]
+        mod = mods(0)
+        h = self._norm_mod(x_, Fr, _eps(blocks[0].norm1, dt), mul=mod[:, :, 1], add=mod[:, :, 0])
+        with attention_backends(self.opts.attention, self.device):
+            for i, block in enumerate(blocks):
+                sa, ca = block.self_attn, block.cross_attn
+                layer = cache.layers[i]
+                lw = self.layer_weights(i, layer.order)
+                if lw.qkv_w is not None:
+                    qkv = F.linear(h, lw.qkv_w, lw.qkv_b).view(B * L, 3 * C)
+                    qs, ks, vs = qkv[:, :C], qkv[:, C:2 * C], qkv[:, 2 * C:]
+                    v = vs.view(B, L, H, D)
+                else:
+                    qs = F.linear(h, *lw.q).view(B * L, C)
+                    ks = F.linear(h, *lw.k).view(B * L, C)
+                    v = F.linear(h, *lw.v).view(B, L, H, D)
+                q = self._rms(qs, lw.nq, _eps(sa.norm_q, dt), cos, sin, L).view(B, L, H, D)
+                k = self._rms(ks, lw.nk, _eps(sa.norm_k, dt), cos, sin, L).view(B, L, H, D)
+                if lw.gather is not None:
+                    q, k, v = (t.index_select(2, lw.gather) for t in (q, k, v))
+                att = layer.attend_ordered(q, k, v, None if probe is None else
+                                           (lambda qq, kk, grp, i=i: probe(i, qq, kk, grp)))
+                if lw.scatter is not None:
+                    att = att.index_select(2, lw.scatter)
+                y = F.linear(att.reshape(B, L, C), lw.o_w, lw.o_b)
+                # x += y * gate1; h = norm3(x)
+                h = self._norm_mod(x_, Fr, _eps(block.norm3, dt), y=y, gate=mod[:, :, 2],
+                                   mul=block.norm3.weight, add=block.norm3.bias)
+                cq = F.linear(h, ca.q.weight, ca.q.bias).view(B * L, C)
+                cq = self._rms(cq, ca.norm_q.weight, _eps(ca.norm_q, dt), None, None, L).view(B, L, H, D)
+                ck, cv = text.kv[i]
+                cy = F.scaled_dot_product_attention(cq.transpose(1, 2), ck, cv).transpose(1, 2).reshape(B, L, C)
+                y = F.linear(cy, ca.o.weight, ca.o.bias)
+                # x += cross; h = norm2(x) * (1 + scale2) + shift2
+                h = self._norm_mod(x_, Fr, _eps(block.norm2, dt), y=y, mul=mod[:, :, 4], add=mod[:, :, 3])
+                y = F.linear(self._ffn_in(h, block.ffn[0]), block.ffn[2].weight, block.ffn[2].bias)
+                gate2 = mod[:, :, 5]
+                if i + 1 < nl:  # x += ffn * gate2; h = next norm1(x) * (1 + scale1) + shift1
+                    mod = mods(i + 1)
+                    h = self._norm_mod(x_, Fr, _eps(blocks[i + 1].norm1, dt), y=y, gate=gate2,
+                                       mul=mod[:, :, 1], add=mod[:, :, 0])
+                else:  # x += ffn * gate2; h = head norm(x) * (1 + scale) + shift
+                    h = self._norm_mod(x_, Fr, _eps(m.head.norm, dt), y=y, gate=gate2,
+                                       mul=head_mod[:, :, 1], add=head_mod[:, :, 0], write_x=False)
+        return F.linear(h, m.head.head.weight, m.head.head.bias), grid
