@@ -522,6 +522,7 @@ def main(argv=None):
                  ("group_heads off (gathers)", {"group_heads": False}, "df"),
                  ("gelu_epilogue off", {"gelu_epilogue": False}, "df"),
                  ("linear_patch_embed off", {"linear_patch_embed": False}, "df"),
+                 ("overlap_groups on", {"overlap_groups": True}, "df"),
                  ("window: all on", {}, "window"), ("window: attention=flash", {"attention": "flash"}, "window")]
         for label, kw, var in cases:
             if over_budget():

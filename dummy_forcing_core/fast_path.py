@@ -48,7 +48,9 @@ class FastOptions:
     attention: SDPA backend preference: auto (cuDNN first on Hopper, else flash), cudnn,
         flash, efficient, math, or default (torch's own choice).
     weight_budget_bytes: most bytes of derived weight copies (permuted / fused) to keep;
-        above it the path gathers heads and runs separate products instead."""
+        above it the path gathers heads and runs separate products instead.
+    overlap_groups: (CUDA) run the attention of a layer's second and later head groups on a
+        side stream, overlapping the first group's (fills the tail waves of small groups)."""
 
     fused_kernels: bool = True
     fuse_qkv: bool = True
@@ -57,6 +59,7 @@ class FastOptions:
     linear_patch_embed: bool = True
     attention: str = "auto"
     weight_budget_bytes: int = 2 << 30
+    overlap_groups: bool = False
 
     def __post_init__(self):
         if self.attention not in ATTENTION_CHOICES:
@@ -300,6 +303,11 @@ class FastPath:
 
         head_mod = m.head.modulation.to(work).view(1, 1, 2, C) + e.to(work).unsqueeze(2)
         head_mod = head_mod + torch.tensor([0.0, 1.0], dtype=work, device=self.device)[:, None]
+        side = None
+        if self.opts.overlap_groups and self.device.type == "cuda":
+            if getattr(self, "_side", None) is None:
+                self._side = torch.cuda.Stream(self.device)
+            side = self._side
         mod = mods(0)
         h = self._norm_mod(x_, Fr, _eps(blocks[0].norm1, dt), mul=mod[:, :, 1], add=mod[:, :, 0])
         with attention_backends(self.opts.attention, self.device):
@@ -320,7 +328,8 @@ class FastPath:
                 if lw.gather is not None:
                     q, k, v = (t.index_select(2, lw.gather) for t in (q, k, v))
                 att = layer.attend_ordered(q, k, v, None if probe is None else
-                                           (lambda qq, kk, grp, i=i: probe(i, qq, kk, grp)))
+                                           (lambda qq, kk, grp, i=i: probe(i, qq, kk, grp)),
+                                           side_stream=side)
                 if lw.scatter is not None:
                     att = att.index_select(2, lw.scatter)
                 y = F.linear(att.reshape(B, L, C), lw.o_w, lw.o_b)

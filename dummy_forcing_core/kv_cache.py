@@ -28,6 +28,7 @@ Phases
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -167,6 +168,9 @@ def _shift_left(buf: torch.Tensor, start: int, drop: int, keep: int):
         done += n
 
 
+_NULL = contextlib.nullcontext()
+
+
 @dataclass
 class FlopCounter:
     """Self-attention FLOPs (QK^T and PV) actually done, and what a full cache would have done."""
@@ -223,11 +227,14 @@ class LayerCache:
             out.index_copy_(2, idx, F.scaled_dot_product_attention(qg, keys, values).transpose(1, 2))
         return out
 
-    def attend_ordered(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probe=None) -> torch.Tensor:
+    def attend_ordered(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probe=None,
+                       side_stream=None) -> torch.Tensor:
         """Like :meth:`attend`, with q, k, v [B, Lc, H, D] and the result in *storage order*
         (``self.order``: group after group), so each group is a contiguous slice of heads and
         nothing is gathered or scattered. The fast path gets them so by permuting the
-        projection weights once per layout. ``probe`` as in :meth:`attend` (identity order)."""
+        projection weights once per layout. ``probe`` as in :meth:`attend` (identity order).
+        ``side_stream`` (CUDA): groups after the first run on it, overlapping the first
+        group's attention (the calling stream waits for it before returning)."""
         B, L, H, D = q.shape
         full_keys = self.groups[0].history * self.groups[0].tpf + L
         self.flops.full += 4 * B * H * L * full_keys * D
@@ -242,10 +249,19 @@ class LayerCache:
             self.flops.done += 4 * B * H * L * keys.shape[2] * D
             return F.scaled_dot_product_attention(qt, keys, values).transpose(1, 2)
         out = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
-        for g, (a, b) in zip(self.groups, self.ranges):
-            keys, values = g.write(k[:, :, a:b].transpose(1, 2), v[:, :, a:b].transpose(1, 2))
-            self.flops.done += 4 * B * (b - a) * L * keys.shape[2] * D
-            out[:, :, a:b] = F.scaled_dot_product_attention(q[:, :, a:b].transpose(1, 2), keys, values).transpose(1, 2)
+        main = None
+        if side_stream is not None and q.is_cuda:
+            main = torch.cuda.current_stream(q.device)
+            side_stream.wait_stream(main)
+        for j, (g, (a, b)) in enumerate(zip(self.groups, self.ranges)):
+            ctx = torch.cuda.stream(side_stream) if (main is not None and j > 0) else _NULL
+            with ctx:
+                keys, values = g.write(k[:, :, a:b].transpose(1, 2), v[:, :, a:b].transpose(1, 2))
+                self.flops.done += 4 * B * (b - a) * L * keys.shape[2] * D
+                out[:, :, a:b] = F.scaled_dot_product_attention(q[:, :, a:b].transpose(1, 2), keys,
+                                                                values).transpose(1, 2)
+        if main is not None:
+            main.wait_stream(side_stream)
         return out
 
     def commit(self):
