@@ -1,0 +1,245 @@
+"""Bad input through the nodes: a clear error naming the node and the input, and the input
+MODEL unchanged afterwards (options deep-equal, weights checksum, patches)."""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+from test_pack import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
+
+from dummy_forcing_core.profile import HeadProfile
+from dummy_forcing_core.transformer import ModelGeometry
+
+
+class _NotWan(torch.nn.Module):
+    """A diffusion model without Wan's structure (think SD's UNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.input_blocks = torch.nn.ModuleList([torch.nn.Conv2d(4, 8, 3)])
+        self.dtype = torch.float32
+
+
+@pytest.fixture
+def N():
+    return pack_nodes()
+
+
+@pytest.fixture
+def model(stub_model_patcher):
+    return stub_model_patcher(tiny_wan(), shift=5.0)
+
+
+@pytest.fixture
+def df_model(run_node, N, model):
+    return run_node(N["ApplyDummyForcing"], model=model)[0]
+
+
+def fails(run_node, cls, match, snapshot_of=(), exc=ValueError, **inputs):
+    snaps = [ModelSnapshot(m) for m in snapshot_of]
+    with pytest.raises(exc, match=match) as ei:
+        run_node(cls, **inputs)
+    for s in snaps:
+        s.assert_unchanged()
+    return str(ei.value)
+
+
+SAMPLER = dict(frames_per_chunk=1)
+
+
+# ------------------------------------------------------------------------------------ MODEL
+def test_non_wan_model(run_node, N, stub_model_patcher):
+    bad = stub_model_patcher(_NotWan())
+    for node, extra in (("ARVideoSampler", dict(positive=cond(), latent=video_latent(), **SAMPLER)),
+                        ("ApplyDummyForcing", {}),
+                        ("ProfileHeads", dict(conditioning=cond(), latent=video_latent(), frames_per_chunk=1))):
+        msg = fails(run_node, N[node], "not a Wan2.1", [bad], model=bad, **extra)
+        assert msg.startswith(N[node].GET_SCHEMA().display_name + ": the 'model' input")
+        assert "Load a Wan2.1 diffusion model" in msg
+    assert mm.load_calls == []  # rejected before anything was loaded
+
+
+def test_something_that_is_not_a_model(run_node, N):
+    msg = fails(run_node, N["ApplyDummyForcing"], "not a ComfyUI diffusion model", model="a string")
+    assert msg.startswith("Apply Dummy Forcing: the 'model' input")
+
+
+# ------------------------------------------------------------------------------------ LATENT
+def test_image_latent_instead_of_video(run_node, N, model, df_model):
+    image = {"samples": torch.zeros(1, 16, 4, 4)}
+    for m in (model, df_model):
+        msg = fails(run_node, N["ARVideoSampler"], "image latent", [model, df_model], model=m, positive=cond(),
+                    latent=image, **SAMPLER)
+        assert msg.startswith("AR Video Sampler: the 'latent' input is an image latent [1, 16, 4, 4]")
+        assert "EmptyHunyuanLatentVideo" in msg
+    fails(run_node, N["ProfileHeads"], r"^Profile Heads: the 'latent' input is an image latent", [model],
+          model=model, conditioning=cond(), latent=image, frames_per_chunk=1)
+
+
+def test_wrong_channels_and_sizes(run_node, N, model):
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: the 'latent' input has 8 channels but the model takes 16",
+          [model], model=model, positive=cond(), latent=video_latent(channels=8), **SAMPLER)
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: the 'latent' input height/width 5x4 must be divisible",
+          [model], model=model, positive=cond(), latent=video_latent(h=5), **SAMPLER)
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: start frames must be in \[0, 5\]", [model],
+          model=model, positive=cond(), latent=video_latent(), start_frames=6, **SAMPLER)
+
+
+# ------------------------------------------------------------------------------------ CONDITIONING
+def test_bad_conditioning(run_node, N, model):
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: the 'positive' conditioning has batch 3 but the latent "
+          "has batch 2", [model], model=model, positive=cond(batch=3), latent=video_latent(batch=2), **SAMPLER)
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: the 'positive' conditioning has 768-dim tokens but the "
+          r"model's text embedding takes 32", [model], model=model, positive=cond(dim=768), latent=video_latent(),
+          **SAMPLER)
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: the 'positive' input is empty", [model], model=model,
+          positive=[], latent=video_latent(), **SAMPLER)
+    fails(run_node, N["ProfileHeads"], r"^Profile Heads: the 'conditioning' conditioning has batch 2", [model],
+          model=model, conditioning=cond(1) + cond(2, batch=2), latent=video_latent(), frames_per_chunk=1)
+
+
+# ------------------------------------------------------------------------------------ settings
+def test_bad_denoise_list(run_node, N, model):
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: 'denoise_timesteps' must be a comma-separated list",
+          [model], model=model, positive=cond(), latent=video_latent(), denoise_timesteps="1000, fast", **SAMPLER)
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: 'denoise_timesteps' values must be in \(0, 1000\]",
+          [model], model=model, positive=cond(), latent=video_latent(), denoise_timesteps="1000,0", **SAMPLER)
+
+
+def test_ar_start_beyond_the_video(run_node, N, model):
+    m = run_node(N["ApplyDummyForcing"], model=model, ar_start=5)[0]
+    msg = fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: ar_start=5 is beyond the video", [model, m],
+                model=m, positive=cond(), latent=video_latent(frames=6), **SAMPLER)
+    assert "ar_start must be <= 4" in msg
+
+
+def test_sink_frames_beyond_the_base_cache(run_node, N, model):
+    m = run_node(N["ApplyDummyForcing"], model=model, sink_frames=1)[0]
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: at ar_start=1 the base cache .* no longer holds frames",
+          [model, m], model=m, positive=cond(), latent=video_latent(frames=6), frames_per_chunk=1,
+          cache="sink + window", sink_frames=0, window_frames=1)
+
+
+def test_too_many_dummy_heads(run_node, N, model):
+    msg = fails(run_node, N["ApplyDummyForcing"], r"^Apply Dummy Forcing: dummy_head_count = 9 but the model has 2 "
+                r"layers x 4 heads = 8 heads", [model], model=model, dummy_head_count=9)
+    assert "at most 8" in msg
+    out = run_node(N["ApplyDummyForcing"], model=model, dummy_head_count=8)[0]  # all heads: allowed
+    assert out.model_options["transformer_options"]["dummy_forcing"].dummy_heads == 8
+
+
+def test_profile_for_another_model(run_node, N, model, stub_model_patcher):
+    other = stub_model_patcher(tiny_wan(layers=3, heads=2, head_dim=32))
+    geom = ModelGeometry.of(other.model.diffusion_model)
+    prof = HeadProfile(torch.rand(3, 2, 3), geom.fingerprint())
+    msg = fails(run_node, N["ApplyDummyForcing"], r"^Apply Dummy Forcing: the 'head_profile' input does not fit this "
+                r"model", [model], model=model, head_profile=prof)
+    assert "3 layers x 2 heads" in msg and "2 layers x 4 heads" in msg and "profile it again" in msg
+    # a model that carries a foreign profile anyway (options copied by hand): the sampler says so too
+    ok = run_node(N["ApplyDummyForcing"], model=other, head_profile=prof)[0]
+    smuggled = model.clone()
+    smuggled.model_options["transformer_options"]["dummy_forcing"] = \
+        ok.model_options["transformer_options"]["dummy_forcing"]
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: head profile was made for a model with 3 layers",
+          [model, smuggled], model=smuggled, positive=cond(), latent=video_latent(), **SAMPLER)
+
+
+def test_wrong_object_in_profile_and_stats_inputs(run_node, N, model):
+    fails(run_node, N["ApplyDummyForcing"], r"^Apply Dummy Forcing: the 'head_profile' input is a dict", [model],
+          model=model, head_profile={"scores": 1})
+    fails(run_node, N["CacheStats"], r"^Cache Stats: the 'stats' input is a dict", stats={"a": 1})
+
+
+def test_load_head_profile_rejects_other_files(run_node, N, comfy_dirs):
+    import folder_paths
+    from safetensors.torch import save_file
+    folder = os.path.join(folder_paths.models_dir, "dummy_forcing_profiles")
+    os.makedirs(folder)
+    save_file({"blocks.0.self_attn.q.weight": torch.zeros(2, 2)}, os.path.join(folder, "a_lora.safetensors"))
+    with open(os.path.join(folder, "broken.safetensors"), "wb") as f:
+        f.write(b"this is not safetensors")
+    msg = fails(run_node, N["LoadHeadProfile"], r"^Load Head Profile: .*a_lora.safetensors is not a Dummy Forcing head "
+                "profile", profile_name="a_lora.safetensors")
+    assert "Pick a file saved by the head profiling node" in msg
+    fails(run_node, N["LoadHeadProfile"], r"^Load Head Profile: .*broken.safetensors is not a head profile",
+          profile_name="broken.safetensors")
+
+
+def test_profile_heads_bad_settings(run_node, N, model, comfy_dirs):
+    fails(run_node, N["ProfileHeads"], r"^Profile Heads: profiling chunks 1..2 needs a latent of at least 4 chunks",
+          [model], model=model, conditioning=cond(), latent=video_latent(frames=3), frames_per_chunk=1,
+          chunks_to_profile=2)
+    fails(run_node, N["ProfileHeads"], r"^Profile Heads: save_name '\.\./x' is not a plain file name", [model],
+          model=model, conditioning=cond(), latent=video_latent(frames=3), frames_per_chunk=1, save_name="../x")
+    assert not os.path.exists(os.path.join(comfy_dirs.output, "dummy_forcing"))
+
+
+# ------------------------------------------------------------------------------------ cancel
+@pytest.mark.parametrize("with_df", [False, True])
+def test_cancel_between_steps(run_node, N, model, with_df, stub_model_patcher):
+    """The user presses Cancel while the sampler runs: ComfyUI's interrupt exception comes out at
+    the next step, nothing is returned, the model is unchanged, and the next run is like a fresh one."""
+    m = run_node(N["ApplyDummyForcing"], model=model)[0] if with_df else model
+    snaps = [ModelSnapshot(model), ModelSnapshot(m)]
+    seen = []
+
+    def hook(value, total, preview, node_id=None):
+        seen.append(value)
+        if value == 5:  # the server sets the flag on POST /interrupt
+            mm.interrupt_current_processing(True)
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    with pytest.raises(mm.InterruptProcessingException):
+        run_node(N["ARVideoSampler"], model=m, positive=cond(), latent=video_latent(), **SAMPLER)
+    assert seen == [1, 2, 3, 4, 5]  # cancelled at the very next step
+    for s in snaps:
+        s.assert_unchanged()
+    assert not mm.processing_interrupted()
+    comfy.utils.set_progress_bar_global_hook(None)
+    after = run_node(N["ARVideoSampler"], model=m, positive=cond(), latent=video_latent(), **SAMPLER)[0]
+    mm.unload_all_models()
+    fresh = stub_model_patcher(tiny_wan(), shift=5.0)
+    if with_df:
+        fresh = run_node(N["ApplyDummyForcing"], model=fresh)[0]
+    ref = run_node(N["ARVideoSampler"], model=fresh, positive=cond(), latent=video_latent(), **SAMPLER)[0]
+    assert torch.equal(after["samples"], ref["samples"])
+
+
+def test_cancel_before_start_and_during_profiling(run_node, N, model):
+    snap = ModelSnapshot(model)
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        run_node(N["ARVideoSampler"], model=model, positive=cond(), latent=video_latent(), **SAMPLER)
+    assert mm.load_calls == []  # cancelled before loading anything
+
+    def hook(value, total, preview, node_id=None):
+        if value == 2:
+            mm.interrupt_current_processing(True)
+
+    comfy.utils.set_progress_bar_global_hook(hook)
+    with pytest.raises(mm.InterruptProcessingException):
+        run_node(N["ProfileHeads"], model=model, conditioning=cond(), latent=video_latent(), frames_per_chunk=1,
+                 save_name="never")
+    snap.assert_unchanged()
+    import folder_paths
+    assert not os.path.exists(os.path.join(folder_paths.get_output_directory(), "dummy_forcing", "profiles",
+                                           "never.safetensors"))
+
+
+def test_errors_name_the_node_once():
+    """node_errors never double-prefixes a message that already names the node."""
+    from test_pack import load_pack
+    load_pack()
+    import sys
+    glue = sys.modules["ComfyUI_Dummy_Forcing.nodes.comfy_glue"]
+    with pytest.raises(ValueError) as ei:
+        with glue.node_errors("X"):
+            with glue.node_errors("X"):
+                raise ValueError("bad")
+    assert str(ei.value) == "X: bad"
+    assert not re.search(r"X: X:", str(ei.value))
