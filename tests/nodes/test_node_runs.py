@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import comfy.model_management as mm
-from test_pack import (ModelSnapshot, cond, deep_equal, pack_nodes, tiny_wan, video_latent)
+from test_pack import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
 
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
-from dummy_forcing_core.kv_cache import FULL, Retention
+from dummy_forcing_core.kv_cache import Retention
 from dummy_forcing_core.profile import HeadProfile
 from dummy_forcing_core.sampler import SamplerSettings, generate
 from dummy_forcing_core.stats import GenerationStats

@@ -1,0 +1,321 @@
+"""Our five nodes inside a real ComfyUI (COMFYUI_DIR, tested with v0.3.64), end to end on the
+harness's tiny Wan checkpoint (ComfyUI's own WanModel class, random weights, 2 layers x 2 heads).
+
+There is no text encoder in the harness, so a throwaway test-only pack (df_test_text_context)
+gives a random umT5-shaped CONDITIONING [batch, tokens, 4096]. Runs only with COMFYUI_DIR set.
+
+    COMFYUI_DIR=/opt/comfyui COMFYUI_PYTHON=/opt/comfyui-venv/bin/python \
+        python -m pytest -q tests/real_comfyui/test_pack_nodes.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness import PACK_NAME, REPO_ROOT, TINY_WAN_NAME, ComfyServer
+
+TEXT_PACK = "df_test_text_context"
+TEXT_PACK_SOURCE = r'''
+import torch
+from comfy_api.latest import ComfyExtension, io
+
+
+class DFTestTextContext(io.ComfyNode):
+    """Test only: a random umT5-shaped text conditioning (no text encoder file needed)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DFTestTextContext", display_name="DF test text context", category="testing/dummy_forcing",
+            inputs=[io.Int.Input("seed", default=0, min=0, max=2 ** 31),
+                    io.Int.Input("tokens", default=16, min=1, max=512),
+                    io.Int.Input("batch", default=1, min=1, max=8)],
+            outputs=[io.Conditioning.Output()])
+
+    @classmethod
+    def execute(cls, seed, tokens, batch):
+        g = torch.Generator().manual_seed(seed)
+        return io.NodeOutput([[torch.randn(batch, tokens, 4096, generator=g), {}]])
+
+
+class _Ext(ComfyExtension):
+    async def get_node_list(self):
+        return [DFTestTextContext]
+
+
+async def comfy_entrypoint():
+    return _Ext()
+'''
+
+OUR_NODES = {
+    "ARVideoSampler": ("AR Video Sampler", ["model", "positive", "latent", "seed", "denoise_timesteps", "steps",
+                                            "shift", "frames_per_chunk", "cache", "sink_frames", "window_frames",
+                                            "context_timestep", "start_frames"], [], ["LATENT", "DF_STATS"]),
+    "ApplyDummyForcing": ("Apply Dummy Forcing", ["model", "dummy_heads", "dummy_head_count", "scope",
+                                                  "normalised_cost", "ar_start", "neighbor_chunks", "sink_frames",
+                                                  "context_packing", "profile_sample_fraction", "profile_seed",
+                                                  "long_context_frames"], ["head_profile"], ["MODEL"]),
+    "ProfileHeads": ("Profile Heads", ["model", "conditioning", "latent", "seed", "runs_per_prompt", "ar_start",
+                                       "chunks_to_profile", "sink_frames", "frames_per_chunk", "denoise_timesteps",
+                                       "steps", "shift", "sample_fraction", "preview_dummy_heads", "save_name"], [],
+                     ["HEAD_PROFILE", "IMAGE"]),
+    "LoadHeadProfile": ("Load Head Profile", ["profile_name"], [], ["HEAD_PROFILE"]),
+    "CacheStats": ("Cache Stats", ["stats"], [], ["STRING", "IMAGE"]),
+}
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = ComfyServer.from_env(extra_packs={TEXT_PACK: TEXT_PACK_SOURCE})
+    if srv is None:
+        pytest.skip("COMFYUI_DIR is not set")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+# ------------------------------------------------------------------------------------ prompts
+def base_prompt(length=21, size=64, seed=3, frames_per_chunk=1, text_seed=1, batch=1):
+    """UNETLoader (tiny Wan) + a text conditioning + an empty video latent: 64x64, 21 frames ->
+    [batch, 16, 6, 8, 8]: 6 chunks of one latent frame, 16 tokens per frame."""
+    return {
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": TINY_WAN_NAME, "weight_dtype": "default"}},
+        "text": {"class_type": "DFTestTextContext", "inputs": {"seed": text_seed, "tokens": 16, "batch": 1}},
+        "empty": {"class_type": "EmptyHunyuanLatentVideo",
+                  "inputs": {"width": size, "height": size, "length": length, "batch_size": batch}},
+    }
+
+
+def sampler(model, seed=3, frames_per_chunk=1, latent=("empty", 0), **kw):
+    inputs = {"model": list(model), "positive": ["text", 0], "latent": list(latent), "seed": seed,
+              "denoise_timesteps": "1000,750,500,250", "steps": 4, "shift": 5.0,
+              "frames_per_chunk": frames_per_chunk, "cache": "full", "sink_frames": 3, "window_frames": 12,
+              "context_timestep": 0, "start_frames": 0}
+    inputs.update(kw)
+    return {"class_type": "ARVideoSampler", "inputs": inputs}
+
+
+def apply(model=("unet", 0), profile=None, **kw):
+    inputs = {"model": list(model), "dummy_heads": 0.5, "dummy_head_count": 0, "scope": "global",
+              "normalised_cost": False, "ar_start": 1, "neighbor_chunks": 1, "sink_frames": 1,
+              "context_packing": True, "profile_sample_fraction": 0.25, "profile_seed": 0,
+              "long_context_frames": 0}
+    if profile is not None:
+        inputs["head_profile"] = list(profile)
+    inputs.update(kw)
+    return {"class_type": "ApplyDummyForcing", "inputs": inputs}
+
+
+def stats(src):
+    return {"class_type": "CacheStats", "inputs": {"stats": [src, 1]}}
+
+
+def save_latent(src, prefix):
+    return {"class_type": "SaveLatent", "inputs": {"samples": [src, 0], "filename_prefix": prefix}}
+
+
+def run_ok(server, prompt, timeout=180):
+    res = server.queue_prompt(prompt, timeout=timeout)
+    assert res.ok, f"{json.dumps(res.error, indent=1)[:3000]}\n{server.log_tail(60)}"
+    return res
+
+
+def saved_latent(server, prefix) -> torch.Tensor:
+    files = [f for f in server.output_files() if f.startswith(prefix) and f.endswith(".latent")]
+    assert len(files) == 1, server.output_files()
+    return load_file(os.path.join(server.base_dir, "output", files[0]))["latent_tensor"]
+
+
+# ------------------------------------------------------------------------------------ tests
+def test_pack_loads_and_five_nodes_in_object_info(server):
+    status = server.pack_import_status()
+    assert status["attempted"] and not status["failed"], "\n".join(status["error_lines"]) + server.log_tail(80)
+    info = server.object_info()
+    for node_id, (display, required, optional, outputs) in OUR_NODES.items():
+        assert node_id in info, f"{node_id} not registered:\n{server.log_tail(80)}"
+        e = info[node_id]
+        assert e["display_name"] == display and e["category"] == "video/dummy forcing"
+        assert e["python_module"] == f"custom_nodes.{PACK_NAME}"
+        assert len(e["description"]) > 80
+        assert list(e["input"]["required"]) == required
+        assert list(e["input"].get("optional", {})) == optional
+        assert e["output"] == outputs
+        for name, spec in {**e["input"]["required"], **e["input"].get("optional", {})}.items():
+            assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    assert info["ARVideoSampler"]["input"]["required"]["seed"][1]["control_after_generate"] is True
+    assert info["ARVideoSampler"]["input"]["required"]["cache"][1]["options"] == ["full", "sink + window"]
+    assert info["ApplyDummyForcing"]["input"]["optional"]["head_profile"][0] == "HEAD_PROFILE"
+    assert info["CacheStats"]["output_node"] is True and info["ProfileHeads"]["output_node"] is True
+    assert info["LoadHeadProfile"]["input"]["required"]["profile_name"][1]["options"] == []  # nothing saved yet
+
+
+def test_core_nodes_of_the_workflows_match_the_test_list(server):
+    """tests/test_workflows.py keeps a static list of the core nodes the workflows use (widgets
+    and sockets): check it against this ComfyUI."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("df_test_workflows_real",
+                                                  os.path.join(REPO_ROOT, "tests", "test_workflows.py"))
+    tw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tw)
+    info = server.object_info()
+    for node_id, spec in tw.CORE_NODES.items():
+        e = info[node_id]
+        inputs = {**e["input"]["required"], **e["input"].get("optional", {})}
+        order = e["input_order"]["required"] + e["input_order"].get("optional", [])
+        sockets = {n: inputs[n][0] for n in order if isinstance(inputs[n][0], str) and inputs[n][0] not in
+                   ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")}
+        widgets = [n for n in order if n not in sockets]
+        assert widgets == [w for w, _ in spec["widgets"]], node_id
+        assert sockets == {n: t for n, (t, _) in spec["inputs"].items()}, node_id
+        assert e["output"] == spec["outputs"], node_id
+        for w, wspec in spec["widgets"]:
+            if wspec[0] == "COMBO" and wspec[1] is not None:
+                opts = inputs[w][0] if isinstance(inputs[w][0], list) else inputs[w][1]["options"]
+                assert opts == wspec[1], (node_id, w)
+
+
+def test_web_extension_is_served(server):
+    with urllib.request.urlopen(server.url + "/extensions", timeout=30) as r:
+        exts = json.loads(r.read().decode())
+    path = f"/extensions/{PACK_NAME}/dummy_forcing.js"
+    assert path in exts, exts
+    with urllib.request.urlopen(server.url + path, timeout=30) as r:
+        served = r.read().decode()
+    with open(os.path.join(REPO_ROOT, "web", "dummy_forcing.js")) as f:
+        assert served == f.read()
+
+
+def test_text_to_video_with_dummy_forcing_end_to_end(server):
+    prompt = base_prompt()
+    prompt.update({"df": apply(), "sample": sampler(("df", 0)), "stats": stats("sample"),
+                   "save": save_latent("sample", "latents/df_e2e")})
+    res = run_ok(server, prompt)
+    ui = res.outputs["stats"]
+    text = ui["text"][0]
+    assert "model: 2 layers x 2 heads (head dim 128)" in text
+    assert "video: 6 latent frames, 8x8 latent, 16 tokens/frame, chunks of 1" in text
+    assert "dummy forcing: dummy_heads=0.5 scope=global ar_start=1" in text and "profile=online" in text
+    assert "per-head cache from chunk 2" in text
+    assert ui["images"] and ui["images"][0]["type"] == "temp"
+    img = os.path.join(server.base_dir, "temp", ui["images"][0]["subfolder"], ui["images"][0]["filename"])
+    assert os.path.getsize(img) > 1000
+    lat = saved_latent(server, "latents/df_e2e")
+    assert lat.shape == (1, 16, 6, 8, 8) and torch.isfinite(lat).all() and lat.abs().sum() > 0
+
+
+def test_input_model_unchanged_and_no_state_leak(server):
+    """Prompts in a row on the one loaded (cached) model: a plain run A, Apply Dummy Forcing + a run
+    on its clone, a plain run B with other settings. Then B and A again, in the other order, on a
+    freshly loaded copy of the same weights (another file name, so ComfyUI's cache cannot answer).
+    Equal latents: Apply Dummy Forcing left the loaded model alone and no run leaked state."""
+    run_b = dict(seed=13, frames_per_chunk=2, cache="sink + window", sink_frames=1, window_frames=2)
+
+    def one(model_file, key, node, prefix):
+        p = base_prompt()
+        p["unet"]["inputs"]["unet_name"] = model_file
+        p.update(node)
+        if prefix:
+            p["save"] = save_latent(key, prefix)
+        return run_ok(server, p)
+
+    one(TINY_WAN_NAME, "a", {"a": sampler(("unet", 0), seed=11)}, "latents/leak_a")
+    res = one(TINY_WAN_NAME, "d", {"df": apply(dummy_heads=0.75, scope="per_layer"),
+                                   "d": sampler(("df", 0), seed=12), "st": stats("d")}, None)
+    assert "dummy forcing: dummy_heads=0.75 scope=per_layer" in res.outputs["st"]["text"][0]
+    one(TINY_WAN_NAME, "b", {"b": sampler(("unet", 0), **run_b)}, "latents/leak_b")
+
+    copy = "tiny_wan_t2v_copy.safetensors"
+    server.write_tiny_wan(copy)  # same seed: the same weights
+    one(copy, "b", {"b": sampler(("unet", 0), **run_b)}, "latents/fresh_b")
+    one(copy, "a", {"a": sampler(("unet", 0), seed=11)}, "latents/fresh_a")
+    a, b = saved_latent(server, "latents/leak_a"), saved_latent(server, "latents/leak_b")
+    assert torch.equal(a, saved_latent(server, "latents/fresh_a"))
+    assert torch.equal(b, saved_latent(server, "latents/fresh_b"))
+    assert not torch.equal(a, b)
+    log = server.log_text()
+    assert log.count("Prompt executed") >= 5
+
+
+def test_profile_save_load_and_reuse(server):
+    prompt = base_prompt()
+    prompt["prof"] = {"class_type": "ProfileHeads", "inputs": {
+        "model": ["unet", 0], "conditioning": ["text", 0], "latent": ["empty", 0], "seed": 0, "runs_per_prompt": 2,
+        "ar_start": 1, "chunks_to_profile": 2, "sink_frames": 1, "frames_per_chunk": 1,
+        "denoise_timesteps": "1000,750,500,250", "steps": 4, "shift": 5.0, "sample_fraction": 0.25,
+        "preview_dummy_heads": 0.5, "save_name": "tiny_real"}}
+    res = run_ok(server, prompt)
+    text = res.outputs["prof"]["text"][0]
+    assert "saved to" in text and "head profile: 2 layers x 2 heads" in text
+    assert res.outputs["prof"]["images"]
+    assert "dummy_forcing/profiles/tiny_real.safetensors" in server.output_files()
+    options = server.object_info("LoadHeadProfile")["LoadHeadProfile"]["input"]["required"]["profile_name"][1]
+    assert "tiny_real.safetensors" in options["options"]
+
+    reuse = base_prompt()
+    reuse.update({"load": {"class_type": "LoadHeadProfile", "inputs": {"profile_name": "tiny_real.safetensors"}},
+                  "df": apply(profile=("load", 0), dummy_heads=0.5), "sample": sampler(("df", 0)),
+                  "stats": stats("sample")})
+    res = run_ok(server, reuse)
+    text = res.outputs["stats"]["text"][0]
+    assert "profile=given" in text and "profiling: 0.0 ms" in text
+
+
+def test_clear_errors_in_the_real_executor(server):
+    # an image latent (Empty Latent Image) instead of a video latent
+    prompt = base_prompt()
+    prompt["img"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt.update({"sample": sampler(("unet", 0), latent=("img", 0)), "stats": stats("sample")})
+    res = server.queue_prompt(prompt, timeout=120)
+    assert not res.ok
+    assert res.error["node_type"] == "ARVideoSampler"
+    assert res.error["exception_message"].startswith("AR Video Sampler: the 'latent' input is an image latent")
+    # too many dummy heads for this model (2 x 2 = 4 heads)
+    prompt = base_prompt()
+    prompt.update({"df": apply(dummy_head_count=5), "sample": sampler(("df", 0)), "stats": stats("sample")})
+    res = server.queue_prompt(prompt, timeout=120)
+    assert not res.ok and res.error["node_type"] == "ApplyDummyForcing"
+    assert "dummy_head_count = 5 but the model has 2 layers x 2 heads = 4 heads" in res.error["exception_message"]
+    # ar_start beyond the video
+    prompt = base_prompt(length=9)  # 3 latent frames -> 3 chunks
+    prompt.update({"df": apply(ar_start=2), "sample": sampler(("df", 0)), "stats": stats("sample")})
+    res = server.queue_prompt(prompt, timeout=120)
+    assert not res.ok and "ar_start=2 is beyond the video" in res.error["exception_message"]
+
+
+def test_cancel_while_sampling(server):
+    """POST /interrupt while the sampler runs: the prompt ends as interrupted between steps."""
+    prompt = base_prompt(length=401, size=128)  # 101 latent frames x 64 tokens: several seconds on CPU
+    prompt.update({"sample": sampler(("unet", 0), seed=99), "stats": stats("sample")})
+    code, body = server._post("/prompt", {"prompt": prompt, "client_id": server.client_id})
+    assert code == 200, body
+    pid = body["prompt_id"]
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until it is running
+        q = server._get("/queue")
+        if any(item[1] == pid for item in q.get("queue_running", [])):
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+    t0 = time.time()
+    server.interrupt()
+    while time.time() < deadline:
+        entry = server._get(f"/history/{pid}").get(pid)
+        if entry and entry.get("status", {}).get("status_str") in ("success", "error"):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the interrupted prompt did not finish")
+    stopped_after = time.time() - t0
+    msgs = [m[0] for m in entry["status"]["messages"]]
+    assert "execution_interrupted" in msgs, msgs
+    assert stopped_after < 10
+    # the server is fine afterwards
+    ok = base_prompt()
+    ok.update({"sample": sampler(("unet", 0)), "stats": stats("sample")})
+    run_ok(server, ok)
