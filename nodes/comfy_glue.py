@@ -98,10 +98,29 @@ def compute_dtype(model) -> torch.dtype | None:
     return torch.bfloat16 if torch.device(model.load_device).type == "cuda" else torch.float32
 
 
-def load_runner(model) -> ChunkRunner:
-    """Load the MODEL through ComfyUI's model management (weights, LoRA patches, offload) and
+def kv_cache_bytes(model, geom: ModelGeometry, shape, chunk_frames: int, retention: Retention = FULL) -> int:
+    """Upper bound of the KV cache a run of latent ``shape`` (B, C, F, H, W) allocates: every
+    layer's K and V for the frames the base cache keeps plus one chunk of scratch."""
+    B, _, Fr, Hh, Ww = shape
+    _, ph, pw = geom.patch_size
+    tokens = (Hh // ph) * (Ww // pw)
+    past = max(Fr - 1, 0)
+    frames = min(retention.capacity(past), past) + chunk_frames
+    elem = torch.empty((), dtype=compute_dtype(model)).element_size()
+    return 2 * geom.num_layers * B * geom.num_heads * geom.head_dim * frames * tokens * elem
+
+
+def load_runner(model, chunk_shape=None, extra_bytes: int = 0) -> ChunkRunner:
+    """Load the MODEL through ComfyUI's model management (weights, LoRA patches, offload), asking
+    for room for a chunk's activations (``chunk_shape``) plus ``extra_bytes`` (the KV cache), and
     wrap its diffusion model in the core's ChunkRunner on the load device."""
-    comfy.model_management.load_models_gpu([model])
+    need = int(extra_bytes)
+    if chunk_shape is not None:
+        try:
+            need += int(model.memory_required(list(chunk_shape)))
+        except Exception:  # an estimate only
+            pass
+    comfy.model_management.load_models_gpu([model], memory_required=need, minimum_memory_required=need)
     return ChunkRunner(model.model.diffusion_model, dtype=compute_dtype(model), device=model.load_device)
 
 

@@ -120,7 +120,8 @@ class ProfileHeads(io.ComfyNode):
             seeds = [int(seed) + i for i in range(int(runs_per_prompt))]
             progress = glue.Progress(model, len(contexts) * len(seeds) * min(last + 1, len(chunks)) * len(sigmas))
             progress.check()
-            runner = glue.load_runner(model)
+            kv = glue.kv_cache_bytes(model, geom, samples.shape, settings.chunk_frames)
+            runner = glue.load_runner(model, (B, C, settings.chunk_frames, Hh, Ww), kv)
             profile = profile_heads(runner, contexts, (B, C, Fr, Hh, Ww), settings, seeds, ar_start=int(ar_start),
                                     num_chunks=int(chunks_to_profile), sink_frames=int(sink_frames),
                                     sample_fraction=float(sample_fraction), profile_seed=int(seed),

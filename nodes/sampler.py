@@ -98,7 +98,8 @@ class ARVideoSampler(io.ComfyNode):
             _, chunks = plan_chunks(Fr, settings.chunk_frames, int(start_frames))
             progress = glue.Progress(model, len(chunks) * len(sigmas))
             progress.check()
-            runner = glue.load_runner(model)
+            kv = glue.kv_cache_bytes(model, geom, samples.shape, settings.chunk_frames, settings.retention)
+            runner = glue.load_runner(model, (B, C, settings.chunk_frames, Hh, Ww), kv)
             start = glue.to_model_space(model, samples) if start_frames else None
             result = generate(runner, context, (B, C, Fr, Hh, Ww), settings, dummy_forcing=df,
                               start_latent=start, start_frames=int(start_frames), callback=progress)
