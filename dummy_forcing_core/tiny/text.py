@@ -1,0 +1,147 @@
+"""A tiny text encoder for the shapes world's prompts, trained with the video model.
+
+Words -> ids over a fixed vocabulary (the words the dataset's prompts use, a few synonyms,
+``<pad>`` / ``<unk>``, and ``,`` which separates objects); filler words ("a", "at", "on",
+...) are dropped. The encoder is learned word + position embeddings followed by a couple
+of small pre-norm transformer layers (so "red" can bind to the "circle" after it) and a
+final LayerNorm: ``[B, length] -> [B, length, dim]`` (default ``[B, 32, 64]``), the
+``context`` that Wan's ``text_embedding`` (``Linear(text_dim, dim)``) takes in place of umT5.
+Pad tokens are ordinary tokens (no mask), as zero-padded umT5 outputs are for Wan.
+
+Its weights ship in the tiny model's safetensors under ``text_encoder.*`` and its vocabulary
+in that file's metadata, so old files keep their own word list.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dataset import BACKGROUND_COLORS, DIRECTIONS, OBJECT_COLORS, POSITIONS, SHAPES, SIZES, SPEEDS
+
+__all__ = ["VOCAB", "FILLER", "SYNONYMS", "TextConfig", "words_of", "tokenize", "TextEncoder"]
+
+FILLER = {"a", "an", "the", "at", "on", "in", "and", "of", "is", "with", "moving"}
+SYNONYMS = {
+    "grey": "gray", "falls": "falling", "down": "falling", "up": "rising", "rises": "rising", "large": "big",
+    "tiny": "small", "quickly": "fast", "quick": "fast", "slow": "slowly", "centre": "center", "middle": "center",
+    "box": "square", "ball": "circle", "dot": "circle",
+}
+
+
+def _dataset_words() -> list[str]:
+    words: list[str] = []
+    for group in (OBJECT_COLORS, SHAPES, SIZES, SPEEDS, BACKGROUND_COLORS):
+        words += list(group)
+    for phrase in list(DIRECTIONS) + list(POSITIONS.values()):
+        words += phrase.split()
+    words += ["gradient", "plain", "background", "down", "up"]
+    seen, out = set(FILLER), []
+    for w in words:
+        if w not in seen:
+            seen.add(w)
+            out.append(w)
+    return out
+
+
+VOCAB: list[str] = ["<pad>", "<unk>", ","] + _dataset_words()
+
+
+@dataclass
+class TextConfig:
+    dim: int = 64
+    length: int = 32
+    layers: int = 2
+    heads: int = 4
+    ffn: int = 128
+    vocab: list[str] = field(default_factory=lambda: list(VOCAB))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TextConfig":
+        keys = {"dim", "length", "layers", "heads", "ffn", "vocab"}
+        return cls(**{k: v for k, v in d.items() if k in keys})
+
+
+def words_of(prompt: str) -> list[str]:
+    """Lower-case words and commas, synonyms mapped, filler dropped. "moving down right"
+    -> ["down", "right"]; "falling" stays (the dataset says "falling" for straight down)."""
+    raw = re.findall(r"[a-z]+|,", prompt.lower())
+    out = []
+    for i, w in enumerate(raw):
+        if w in FILLER:
+            continue
+        nxt = raw[i + 1] if i + 1 < len(raw) else ""
+        # "moving down"/"moving up" alone mean falling / rising; before left/right they stay
+        if w in ("down", "up") and nxt in ("left", "right"):
+            out.append(w)
+            continue
+        out.append(SYNONYMS.get(w, w))
+    return out
+
+
+def tokenize(prompts: list[str] | str, length: int = 32, vocab: list[str] | None = None) -> torch.Tensor:
+    """-> LongTensor [B, length] (truncated / padded with <pad>)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    vocab = vocab or VOCAB
+    index = {w: i for i, w in enumerate(vocab)}
+    unk, pad = index["<unk>"], index["<pad>"]
+    rows = []
+    for p in prompts:
+        ids = [index.get(w, unk) for w in words_of(p)][:length]
+        rows.append(ids + [pad] * (length - len(ids)))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+class _Layer(nn.Module):
+    def __init__(self, dim: int, heads: int, ffn: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Linear(ffn, dim))
+
+    def forward(self, x):
+        B, L, C = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, C)
+        x = x + self.proj(y)
+        return x + self.mlp(self.norm2(x))
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, cfg: TextConfig | None = None):
+        super().__init__()
+        self.config = cfg = cfg or TextConfig()
+        self.embed = nn.Embedding(len(cfg.vocab), cfg.dim)
+        self.pos = nn.Parameter(torch.randn(cfg.length, cfg.dim) * 0.02)
+        self.layers = nn.ModuleList([_Layer(cfg.dim, cfg.heads, cfg.ffn) for _ in range(cfg.layers)])
+        self.norm = nn.LayerNorm(cfg.dim)
+        nn.init.normal_(self.embed.weight, std=1.0 / math.sqrt(cfg.dim) * 4)
+
+    def tokenize(self, prompts) -> torch.Tensor:
+        return tokenize(prompts, self.config.length, self.config.vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, length] ids -> [B, length, dim]."""
+        x = self.embed(tokens) + self.pos[: tokens.shape[1]]
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+    def encode(self, prompts, device=None) -> torch.Tensor:
+        device = device or self.pos.device
+        return self(self.tokenize(prompts).to(device))
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        vocab = set(self.config.vocab)
+        return [w for w in words_of(prompt) if w not in vocab]

@@ -1,0 +1,97 @@
+"""The tiny model's world, codec and text encoder."""
+import numpy as np
+import torch
+
+from dummy_forcing_core.tiny.codec import PixelCodec, to_uint8
+from dummy_forcing_core.tiny.dataset import OBJECT_COLORS, ShapesWorld, render, spec_from_prompt, track_colors
+from dummy_forcing_core.tiny.text import VOCAB, TextConfig, TextEncoder, tokenize, words_of
+
+
+def test_world_is_deterministic_per_seed_and_index():
+    a, b = ShapesWorld(seed=3), ShapesWorld(seed=3)
+    va, pa, ta = a.clip(11)
+    vb, pb, tb = b.clip(11)
+    assert pa == pb and torch.equal(va, vb) and np.array_equal(ta.centers, tb.centers)
+    assert a.spec(12).prompt != a.spec(11).prompt or not torch.equal(a.clip(12)[0], va)
+    assert ShapesWorld(seed=4).spec(11).prompt != pa or not torch.equal(ShapesWorld(seed=4).clip(11)[0], va)
+    # batch rendering equals one-by-one rendering
+    vids, prompts, _ = a.batch([11, 12])
+    assert torch.allclose(vids[0], va) and prompts[0] == pa
+
+
+def test_clips_move_bounce_and_stay_in_frame():
+    w = ShapesWorld(seed=0, frames=24, size=32)
+    assert w.frames >= 24
+    moved, bounced = 0, 0
+    for i in range(40):
+        s = w.spec(i)
+        video, prompt, truth = w.clip(i)
+        assert video.shape == (3, 24, 32, 32) and video.min() >= -1 and video.max() <= 1
+        c = truth.centers
+        assert np.all(c >= 0) and np.all(c <= 32)
+        step = np.linalg.norm(np.diff(c, axis=0), axis=-1)  # [F-1, n]
+        assert np.all(step.mean(0) > 0.4) and np.all(np.median(step, 0) > 0.4)  # everything keeps moving
+        moved += 1
+        v = np.diff(c, axis=0)
+        bounced += int(np.any(np.sign(v[1:]) * np.sign(v[:-1]) < 0))
+        assert 1 <= len(s.objects) <= 3
+        assert all(o.color in prompt and o.shape in prompt for o in s.objects)
+        assert truth.visible.shape == (24, len(s.objects)) and np.all(truth.visible <= 1 + 1e-5)
+        # frames differ over time (real motion in pixels)
+        assert (video[:, -1] - video[:, 0]).abs().max() > 0.5
+    assert bounced > 5
+    # occlusion happens somewhere: an object partly hidden behind one drawn later
+    hidden = [w.clip(i)[2].visible.min() for i in range(60)]
+    assert min(hidden) < 0.9
+
+
+def test_tracking_finds_the_objects():
+    w = ShapesWorld(seed=1)
+    for i in range(5):
+        video, prompt, truth = w.clip(i)
+        tr = track_colors(video, truth.colors)
+        ok = truth.visible > 0.9
+        err = np.linalg.norm(tr["centers"] - truth.centers, axis=-1)[ok]
+        assert np.nanmax(err) < 1.0
+        parsed = spec_from_prompt(prompt)
+        assert [p["color"] for p in parsed] == truth.color_names
+
+
+def test_codec_round_trip_is_exact():
+    codec = PixelCodec(2)
+    w = ShapesWorld(seed=2)
+    video, _, _ = w.batch(range(3))
+    z = codec.encode(video)
+    assert z.shape == (3, 12, 24, 16, 16)
+    assert torch.equal(codec.decode(z), video)
+    x = torch.randn(2, 3, 5, 8, 12)
+    assert torch.equal(codec.decode(codec.encode(x)), x)
+    assert torch.equal(codec.encode(x[0]), codec.encode(x)[0])
+    # channel layout: channel c*4 + dy*2 + dx holds colour c of pixel (2y+dy, 2x+dx)
+    assert z[0, 1 * 4 + 1 * 2 + 0, 5, 3, 7] == video[0, 1, 5, 2 * 3 + 1, 2 * 7]
+    frames = to_uint8(video[0])
+    assert frames.shape == (24, 32, 32, 3) and frames.dtype == np.uint8
+
+
+def test_text_encoder_shapes_and_vocabulary():
+    w = ShapesWorld(seed=0)
+    prompts = [w.spec(i).prompt for i in range(200)]
+    for p in prompts:
+        assert all(word in VOCAB for word in words_of(p)), p
+        assert len(words_of(p)) <= 32
+    tok = tokenize(prompts[:4])
+    assert tok.shape == (4, 32) and tok.dtype == torch.long
+    assert tokenize("a red ball falling")[0, :3].tolist() == tokenize("red circle moving down")[0, :3].tolist()
+    enc = TextEncoder(TextConfig())
+    out = enc.encode(prompts[:4])
+    assert out.shape == (4, 32, 64) and torch.isfinite(out).all()
+    assert enc.unknown_words("a purple circle") == ["purple"]
+    # different prompts -> different contexts
+    assert (out[0] - out[1]).abs().max() > 1e-3
+
+
+def test_object_colours_stand_out():
+    names = list(OBJECT_COLORS)
+    cols = np.array([OBJECT_COLORS[n] for n in names], dtype=float)
+    d = np.linalg.norm(cols[:, None] - cols[None], axis=-1) + np.eye(len(names)) * 1e9
+    assert d.min() > 100
