@@ -92,7 +92,7 @@ def build_model(args, dev, dtype):
         cfg = TINY if args.tiny else WAN21_1_3B
         model = WanModel(cfg).init_random(seed=0)
         weights = "random weights"
-    return model.to(device=dev, dtype=dtype).eval(), cfg, weights
+    return model.to(device=dev, dtype=dtype).eval().requires_grad_(False), cfg, weights
 
 
 def steady_seconds(stats, name):
@@ -292,6 +292,7 @@ def micro(dev, dtype, log):
     return out
 
 
+@torch.no_grad()
 def op_profile(runner, ctx, hw, dev, log, passes=2):
     """Kernel time breakdown of denoising passes in Dummy Forcing's steady layout (random
     head types, 50% dummy), plus host enqueue time vs GPU time per pass."""
@@ -458,6 +459,8 @@ def main(argv=None):
     fast = ChunkRunner(model, dtype=dtype, device=dev, fast=FastOptions(attention=args.attention))
     ref = ChunkRunner(model, dtype=dtype, device=dev, fast=False)
     log(f"fast path: {fast.fast_reason}")
+    if args.engine != "reference" and fast.fast_path is None and not args.tiny:
+        log("WARNING: the fast path is off; the 'fast' rows below are the reference loop")
     meta["fast_path"] = fast.fast_reason
     engines = {"fast": [fast], "reference": [ref], "both": [ref, fast]}[args.engine]
     res_table = TINY_RESOLUTIONS if args.tiny else RESOLUTIONS
@@ -487,6 +490,9 @@ def main(argv=None):
                 except torch.cuda.OutOfMemoryError:
                     row, out = {"variant": name, "label": LABELS[name], "error": "OOM"}, None
                     torch.cuda.empty_cache()
+                except Exception as err:  # noqa: BLE001 - keep going, report it
+                    log(traceback.format_exc())
+                    row, out = {"variant": name, "label": LABELS[name], "error": f"{type(err).__name__}"}, None
                 row.update(res=res, engine=eng)
                 (results["runs"] if eng == "fast" else results["reference_runs"]).append(row)
                 if "error" not in row:
@@ -529,8 +535,12 @@ def main(argv=None):
                 break
             r = ChunkRunner(model, dtype=dtype, device=dev, fast=FastOptions(**kw))
             settings, dfc = variant_settings(var)
-            generate(r, ctx, (1, 16, 9, *hw), dataclasses.replace(settings, timesteps=(1000.0,)), dummy_forcing=dfc)
-            row, _ = run_variant(r, ctx, hw, args.frames, var, dev)
+            try:
+                generate(r, ctx, (1, 16, 9, *hw), dataclasses.replace(settings, timesteps=(1000.0,)), dummy_forcing=dfc)
+                row, _ = run_variant(r, ctx, hw, args.frames, var, dev)
+            except Exception:  # noqa: BLE001
+                log(f"{label}: " + traceback.format_exc())
+                continue
             row.update(res="480p", ablation=label)
             results["ablations"].append(row)
             log(f"{label:28s} {var:7s} steady {row['fps_steady']:6.2f} FPS ({1000 * row['steady_median_s']:.1f} ms/chunk)")
@@ -538,7 +548,11 @@ def main(argv=None):
 
     if args.op_profile and dev.type == "cuda" and not over_budget():
         log("\n## op profile, 480p, Dummy Forcing layout")
-        results["op_profile"] = op_profile(fast, ctx, res_table["480p"], dev, log)
+        try:
+            results["op_profile"] = op_profile(fast, ctx, res_table["480p"], dev, log)
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
+        torch.cuda.empty_cache()
 
     if args.long_frames and not over_budget():
         hw = res_table["480p"]

@@ -71,8 +71,19 @@ def _flags_plain(m: nn.Module) -> bool:
             and not getattr(m, "bias_function", None) and not m._forward_hooks and not m._forward_pre_hooks)
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """'cuda' and 'cuda:0' are the same device when 0 is the current one."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type != "cuda" or (a.index is not None and b.index is not None):
+        return a.index == b.index or a.type == "cpu"
+    cur = torch.cuda.current_device()
+    return (cur if a.index is None else a.index) == (cur if b.index is None else b.index)
+
+
 def _on(t: torch.Tensor | None, dtype, device) -> bool:
-    return t is None or (t.dtype == dtype and t.device == device)
+    return t is None or (t.dtype == dtype and _same_device(t.device, device))
 
 
 def plain_linear(m, dtype, device) -> bool:
@@ -91,7 +102,7 @@ def _plain_layernorm(m, dim, affine: bool, dtype, device) -> bool:
 def _plain_rmsnorm(m, dim, device) -> bool:
     w = getattr(m, "weight", None)
     return ("RMSNorm" in type(m).__name__ and isinstance(w, torch.Tensor) and tuple(w.shape) == (dim,)
-            and w.device == device and w.dtype.is_floating_point and hasattr(m, "eps") and _flags_plain(m))
+            and _same_device(w.device, device) and w.dtype.is_floating_point and hasattr(m, "eps") and _flags_plain(m))
 
 
 def _eps(m, dtype) -> float:
@@ -167,7 +178,7 @@ class FastPath:
                     return f"block {i}: unexpected q/k RMSNorm"
                 if len(b.ffn) != 3 or getattr(b.ffn[1], "approximate", None) != "tanh":
                     return f"block {i}: FFN is not Linear-GELU(tanh)-Linear"
-                if b.modulation.device != dev:
+                if not _same_device(b.modulation.device, dev):
                     return f"block {i}: modulation on {b.modulation.device}"
             if not (plain_linear(m.head.head, dt, dev) and _plain_layernorm(m.head.norm, g.dim, False, dt, dev)):
                 return "head is not LayerNorm + plain Linear"
@@ -271,7 +282,7 @@ class FastPath:
         pt, ph, pw = self.g.patch_size
         if (self.opts.linear_patch_embed and isinstance(pe, nn.Conv3d) and _flags_plain(pe) and pt == 1 and tuple(pe.kernel_size) == (pt, ph, pw)
                 and tuple(pe.stride) == (pt, ph, pw) and tuple(pe.padding) == (0, 0, 0) and pe.groups == 1
-                and tuple(pe.dilation) == (1, 1, 1) and pe.weight.dtype == self.dtype and pe.weight.device == self.device):
+                and tuple(pe.dilation) == (1, 1, 1) and pe.weight.dtype == self.dtype and _same_device(pe.weight.device, self.device)):
             B, Cin, Fr, Hh, Ww = x.shape
             h, w = Hh // ph, Ww // pw
             p = x.to(self.dtype).view(B, Cin, Fr, h, ph, w, pw).permute(0, 2, 3, 5, 1, 4, 6).reshape(B, Fr * h * w, -1)
@@ -280,6 +291,7 @@ class FastPath:
         return y.contiguous(), grid
 
     # -- the forward --------------------------------------------------------------------------
+    @torch.no_grad()
     def run(self, x: torch.Tensor, timesteps: torch.Tensor, rope, cache, text, probe=None) -> tuple[torch.Tensor, tuple]:
         """x [B, C_in, F, H, W] on the device; timesteps [B, F]. Returns the head output
         [B, L, out * prod(patch)] and the token grid."""
@@ -328,7 +340,8 @@ class FastPath:
                 if lw.gather is not None:
                     q, k, v = (t.index_select(2, lw.gather) for t in (q, k, v))
                 att = layer.attend_ordered(q, k, v, None if probe is None else
-                                           (lambda qq, kk, grp, i=i: probe(i, qq, kk, grp)),
+                                           (lambda qq, kk, grp, i=i: _probe_default_sdpa(probe, i, qq, kk, grp,
+                                                                                          self.device)),
                                            side_stream=side)
                 if lw.scatter is not None:
                     att = att.index_select(2, lw.scatter)
@@ -353,3 +366,9 @@ class FastPath:
                     h = self._norm_mod(x_, Fr, _eps(m.head.norm, dt), y=y, gate=gate2,
                                        mul=head_mod[:, :, 1], add=head_mod[:, :, 0], write_x=False)
         return F.linear(h, m.head.head.weight, m.head.head.bias), grid
+
+
+def _probe_default_sdpa(probe, layer, q, keys, group, device):
+    """Run a probe (profiler) with torch's own SDPA backend order, not the fast path's."""
+    with attention_backends("flash", device):
+        return probe(layer, q, keys, group)
