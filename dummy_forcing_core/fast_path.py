@@ -123,7 +123,7 @@ def attention_backends(choice: str, device: torch.device):
         order = [cudnn, flash, eff, math] if hopper else [flash, eff, cudnn, math]
     else:
         first = {"cudnn": cudnn, "flash": flash, "efficient": eff, "math": math}[choice]
-        order = [first] + [b for b in (flash, cudnn, eff, math) if b != first]
+        order = [first] + [b for b in (flash, eff, cudnn, math) if b != first]
     try:
         return sdpa_kernel(order, set_priority=True)
     except TypeError:  # older torch: no priorities
