@@ -132,7 +132,8 @@ class ProfileHeads(io.ComfyNode):
             if name is not None:
                 path = save_profile(profile, name)
                 text = f"saved to {path}\n" + text
-        return io.NodeOutput(profile, image, ui={**ui.PreviewText(text).as_dict(), **ui.PreviewImage(image, cls=cls).as_dict()})
+        shown = {**ui.PreviewText(text).as_dict(), **ui.PreviewImage(image, cls=cls).as_dict()}
+        return io.NodeOutput(profile, image, ui=shown)
 
 
 def save_profile(profile: HeadProfile, name: str) -> str:

@@ -42,4 +42,5 @@ class CacheStats(io.ComfyNode):
                              "AR Video Sampler")
         text = stats.to_text()
         image = image_tensor(stats_image(stats))
-        return io.NodeOutput(text, image, ui={**ui.PreviewText(text).as_dict(), **ui.PreviewImage(image, cls=cls).as_dict()})
+        shown = {**ui.PreviewText(text).as_dict(), **ui.PreviewImage(image, cls=cls).as_dict()}
+        return io.NodeOutput(text, image, ui=shown)
