@@ -485,8 +485,12 @@ def main(argv=None):
                 if over_budget():
                     log(f"time budget reached: skipping {res} {name}")
                     continue
+                g0 = dict(runner.fast_path.graph_stats) if runner.fast_path is not None else None
                 try:
                     row, out = run_variant(runner, ctx, hw, args.frames, name, dev)
+                    if g0 is not None:
+                        row["graphs"] = {k: runner.fast_path.graph_stats[k] - g0[k] for k in g0}
+                        row["graphs"]["error"] = runner.fast_path.graph_error
                 except torch.cuda.OutOfMemoryError:
                     row, out = {"variant": name, "label": LABELS[name], "error": "OOM"}, None
                     torch.cuda.empty_cache()
@@ -500,7 +504,8 @@ def main(argv=None):
                         f"clip {row['fps_clip']:6.2f} FPS, KV {fmt_bytes(row['kv_bytes_end'])} ({row['kv_vs_full']:.1f}x < full), "
                         f"peak {fmt_bytes(row.get('peak_bytes', 0))}, profiling {row['profile_ms']:.1f} ms, "
                         f"chunks {' '.join(f'{1000 * s:.0f}' for s in row['chunk_seconds'])} ms"
-                        + (f", heads {row['head_counts']}" if "head_counts" in row else ""))
+                        + (f", heads {row['head_counts']}" if "head_counts" in row else "")
+                        + (f", graphs {row['graphs']}" if "graphs" in row else ""))
                     if args.engine == "both":
                         row["_latent"] = out.latent
                 else:
@@ -522,14 +527,17 @@ def main(argv=None):
     if args.ablate and not over_budget():
         hw = res_table["480p"]
         log("\n## ablations, 480p (fast path with one switch off)")
-        cases = [("all on", {}, "df"), ("attention=flash", {"attention": "flash"}, "df"),
+        cases = [("all on", {}, "df"), ("cuda_graphs off", {"cuda_graphs": False}, "df"),
+                 ("attention=flash", {"attention": "flash"}, "df"),
                  ("attention=efficient", {"attention": "efficient"}, "df"),
                  ("fused_kernels off", {"fused_kernels": False}, "df"), ("fuse_qkv off", {"fuse_qkv": False}, "df"),
                  ("group_heads off (gathers)", {"group_heads": False}, "df"),
                  ("gelu_epilogue off", {"gelu_epilogue": False}, "df"),
                  ("linear_patch_embed off", {"linear_patch_embed": False}, "df"),
                  ("overlap_groups on", {"overlap_groups": True}, "df"),
-                 ("window: all on", {}, "window"), ("window: attention=flash", {"attention": "flash"}, "window")]
+                 ("window: all on", {}, "window"), ("window: cuda_graphs off", {"cuda_graphs": False}, "window"),
+                 ("window: attention=flash", {"attention": "flash"}, "window")]
+        base_latent = {}
         for label, kw, var in cases:
             if over_budget():
                 break
@@ -537,22 +545,32 @@ def main(argv=None):
             settings, dfc = variant_settings(var)
             try:
                 generate(r, ctx, (1, 16, 9, *hw), dataclasses.replace(settings, timesteps=(1000.0,)), dummy_forcing=dfc)
-                row, _ = run_variant(r, ctx, hw, args.frames, var, dev)
+                row, out = run_variant(r, ctx, hw, args.frames, var, dev)
             except Exception:  # noqa: BLE001
                 log(f"{label}: " + traceback.format_exc())
                 continue
             row.update(res="480p", ablation=label)
+            base_latent.setdefault(var, out.latent)
+            row["rel_diff_vs_all_on"] = rel(out.latent, base_latent[var])
+            if r.fast_path is not None:
+                row["graphs"] = dict(r.fast_path.graph_stats, error=r.fast_path.graph_error)
             results["ablations"].append(row)
-            log(f"{label:28s} {var:7s} steady {row['fps_steady']:6.2f} FPS ({1000 * row['steady_median_s']:.1f} ms/chunk)")
+            log(f"{label:28s} {var:7s} steady {row['fps_steady']:6.2f} FPS ({1000 * row['steady_median_s']:.1f} ms/chunk), "
+                f"clip {row['fps_clip']:6.2f} FPS, latent rel diff vs all-on {row['rel_diff_vs_all_on']:.1e}, "
+                f"chunks {' '.join(f'{1000 * x:.0f}' for x in row['chunk_seconds'])}")
             del r
 
     if args.op_profile and dev.type == "cuda" and not over_budget():
         log("\n## op profile, 480p, Dummy Forcing layout")
-        try:
-            results["op_profile"] = op_profile(fast, ctx, res_table["480p"], dev, log)
-        except Exception:  # noqa: BLE001
-            log(traceback.format_exc())
-        torch.cuda.empty_cache()
+        for key, runner in (("op_profile", fast),
+                            ("op_profile_eager", ChunkRunner(model, dtype=dtype, device=dev,
+                                                             fast=FastOptions(attention=args.attention, cuda_graphs=False)))):
+            log(f"-- {'CUDA graphs on' if runner is fast else 'eager (CUDA graphs off)'}")
+            try:
+                results[key] = op_profile(runner, ctx, res_table["480p"], dev, log)
+            except Exception:  # noqa: BLE001
+                log(traceback.format_exc())
+            torch.cuda.empty_cache()
 
     if args.long_frames and not over_budget():
         hw = res_table["480p"]

@@ -23,6 +23,7 @@ changes (data pointer or in-place version), so patches applied between videos ar
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -50,7 +51,13 @@ class FastOptions:
     weight_budget_bytes: most bytes of derived weight copies (permuted / fused) to keep;
         above it the path gathers heads and runs separate products instead.
     overlap_groups: (CUDA) run the attention of a layer's second and later head groups on a
-        side stream, overlapping the first group's (fills the tail waves of small groups)."""
+        side stream, overlapping the first group's (fills the tail waves of small groups).
+    cuda_graphs: (CUDA) capture a forward pass as a CUDA graph once the same shapes and
+        cache layout have been run ``graph_after`` times (one chunk's passes), and replay it
+        from then on: the host no longer launches ~700 kernels per pass. Steady-state chunks
+        (Dummy Forcing after the switch, a full rolling window) repeat the same layout, so
+        they replay; a growing cache never repeats and stays eager. Any capture failure
+        turns graphs off for the runner (``FastPath.graph_error``) and runs eagerly."""
 
     fused_kernels: bool = True
     fuse_qkv: bool = True
@@ -60,10 +67,14 @@ class FastOptions:
     attention: str = "auto"
     weight_budget_bytes: int = 2 << 30
     overlap_groups: bool = False
+    cuda_graphs: bool = True
+    graph_after: int = 5
 
     def __post_init__(self):
         if self.attention not in ATTENTION_CHOICES:
             raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
+        if self.graph_after < 2:
+            raise ValueError(f"graph_after must be >= 2 (a layout runs eagerly once first), got {self.graph_after}")
 
 
 def _flags_plain(m: nn.Module) -> bool:
@@ -135,6 +146,26 @@ def _version(t: torch.Tensor | None):
 
 
 @dataclass
+class _GraphEntry:
+    graph: object
+    x: torch.Tensor        # static inputs, copied into before each replay
+    t: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    out: torch.Tensor      # static output
+    grid: tuple
+    flops: tuple           # (done, full) attention FLOPs one pass adds
+    groups: list           # (group, chunk tokens) a pass leaves in each group's scratch
+    keep: tuple            # text K/V and layer weights the graph reads: kept alive
+
+
+def _release_if_owner(path_ref, owner_ref):
+    path = path_ref()
+    if path is not None and path._graph_owner is owner_ref:
+        path.release_graphs()
+
+
+@dataclass
 class _LayerWeights:
     key: tuple
     qkv_w: torch.Tensor | None          # [3C, C] (storage order), or None: separate products
@@ -158,6 +189,13 @@ class FastPath:
         self.model, self.g, self.dtype, self.device, self.opts = model, geometry, dtype, torch.device(device), options
         self._weights: dict[int, _LayerWeights] = {}
         self._gelu_checked: bool | None = None
+        self._consts: dict = {}
+        self._graphs: dict[tuple, _GraphEntry] = {}
+        self._graph_uses: dict[tuple, int] = {}
+        self._graph_owner = None            # weakref to the KVCache the graphs write into
+        self._graph_stream = None
+        self.graph_error: str | None = None
+        self.graph_stats = {"captures": 0, "replays": 0, "eager": 0}
         self.reason = self._check()
 
     # -- capability ---------------------------------------------------------------------------
@@ -294,7 +332,96 @@ class FastPath:
     @torch.no_grad()
     def run(self, x: torch.Tensor, timesteps: torch.Tensor, rope, cache, text, probe=None) -> tuple[torch.Tensor, tuple]:
         """x [B, C_in, F, H, W] on the device; timesteps [B, F]. Returns the head output
-        [B, L, out * prod(patch)] and the token grid."""
+        [B, L, out * prod(patch)] (valid until the next call) and the token grid."""
+        if probe is None and self.opts.cuda_graphs and self.graph_error is None and self.device.type == "cuda":
+            return self._run_graphed(x, timesteps, rope, cache, text)
+        self.graph_stats["eager"] += 1
+        return self._run_eager(x, timesteps, rope, cache, text, probe)
+
+    # -- CUDA graphs ------------------------------------------------------------------------------
+    def _graph_key(self, x, timesteps, rope, cache, text) -> tuple:
+        layout = tuple(tuple((grp.uid, grp.frames) for grp in layer.groups) for layer in cache.layers)
+        return (tuple(x.shape), x.dtype, tuple(timesteps.shape), timesteps.dtype, tuple(rope.cos.shape), id(text), layout)
+
+    def release_graphs(self):
+        """Drop captured graphs (and their memory pools)."""
+        self._graphs.clear()
+        self._graph_uses.clear()
+        self._graph_owner = None
+
+    def _run_graphed(self, x, timesteps, rope, cache, text):
+        owner = self._graph_owner() if self._graph_owner is not None else None
+        if owner is not cache:  # a new video: graphs of the last one are stale
+            self.release_graphs()
+            self._graph_owner = weakref.ref(cache)
+            weakref.finalize(cache, _release_if_owner, weakref.ref(self), self._graph_owner)
+        key = self._graph_key(x, timesteps, rope, cache, text)
+        entry = self._graphs.get(key)
+        if entry is not None:
+            return self._replay(entry, x, timesteps, rope, cache, first=False)
+        n = self._graph_uses.get(key, 0) + 1
+        self._graph_uses[key] = n
+        if self._graph_stream is None:
+            self._graph_stream = torch.cuda.Stream(self.device)
+        stream, main = self._graph_stream, torch.cuda.current_stream(self.device)
+        if n < self.opts.graph_after:
+            # eager, on the capture stream: the first runs warm up its library handles
+            self.graph_stats["eager"] += 1
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                out = self._run_eager(x, timesteps, rope, cache, text, None)
+            main.wait_stream(stream)
+            out[0].record_stream(main)
+            return out
+        flops0 = (cache.flops.done, cache.flops.full)
+        try:
+            entry = self._capture(key, x, timesteps, rope, cache, text)
+        except Exception as err:  # noqa: BLE001 - any capture failure: stay eager from now on
+            self.graph_error = f"{type(err).__name__}: {err}"
+            self.release_graphs()
+            cache.flops.done, cache.flops.full = flops0
+            torch.cuda.synchronize(self.device)
+            self.graph_stats["eager"] += 1
+            return self._run_eager(x, timesteps, rope, cache, text, None)
+        entry.flops = (cache.flops.done - flops0[0], cache.flops.full - flops0[1])
+        self._graphs[key] = entry
+        return self._replay(entry, x, timesteps, rope, cache, first=True)
+
+    def _capture(self, key, x, timesteps, rope, cache, text) -> "_GraphEntry":
+        from .rope import RopeTable
+
+        sx, st = x.clone(), timesteps.clone()
+        scos, ssin = rope.cos.clone(), rope.sin.clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self._graph_stream):
+            out, grid = self._run_eager(sx, st, RopeTable(scos, ssin), cache, text, None)
+        groups = [(grp, grp.chunk_tokens) for layer in cache.layers for grp in layer.groups]
+        self.graph_stats["captures"] += 1
+        return _GraphEntry(graph, sx, st, scos, ssin, out, grid, (0, 0), groups,
+                           (text, [self._weights.get(i) for i in range(len(cache.layers))]))
+
+    def _replay(self, entry, x, timesteps, rope, cache, first: bool):
+        entry.x.copy_(x)
+        entry.t.copy_(timesteps)
+        entry.cos.copy_(rope.cos)
+        entry.sin.copy_(rope.sin)
+        entry.graph.replay()
+        self.graph_stats["replays"] += 1
+        if not first:  # the host-side bookkeeping the captured pass did once
+            cache.flops.done += entry.flops[0]
+            cache.flops.full += entry.flops[1]
+            for grp, n in entry.groups:
+                grp.chunk_tokens = n
+        return entry.out, entry.grid
+
+    def _const(self, name, values, work):
+        key = (name, work)
+        c = self._consts.get(key)
+        if c is None:
+            c = self._consts[key] = torch.tensor(values, dtype=work, device=self.device)[:, None]
+        return c
+
+    def _run_eager(self, x: torch.Tensor, timesteps: torch.Tensor, rope, cache, text, probe=None):
         m, g = self.model, self.g
         dt = self.dtype
         tokens, grid = self.embed(x)
@@ -304,7 +431,7 @@ class FastPath:
         H, D = g.num_heads, g.head_dim
         e, e0 = time_embed(m, timesteps, dt)
         work = torch.float64 if dt == torch.float64 else torch.float32
-        one = torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0], dtype=work, device=self.device)[:, None]
+        one = self._const("mod", [0.0, 1.0, 0.0, 0.0, 1.0, 0.0], work)
         cos = rope.cos.to(device=self.device, dtype=work)
         sin = rope.sin.to(device=self.device, dtype=work)
         blocks = m.blocks
@@ -314,7 +441,7 @@ class FastPath:
             return blocks[i].modulation.to(work).view(1, 1, 6, C) + e0.to(work) + one
 
         head_mod = m.head.modulation.to(work).view(1, 1, 2, C) + e.to(work).unsqueeze(2)
-        head_mod = head_mod + torch.tensor([0.0, 1.0], dtype=work, device=self.device)[:, None]
+        head_mod = head_mod + self._const("head", [0.0, 1.0], work)
         side = None
         if self.opts.overlap_groups and self.device.type == "cuda":
             if getattr(self, "_side", None) is None:

@@ -29,6 +29,7 @@ Phases
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -84,8 +85,10 @@ class HeadGroup:
         if sum(n for n, _ in spec.segments) != len(spec.heads):
             raise ValueError("group segments must cover its heads exactly")
         self.name = spec.name
+        self.uid = next(_GROUP_IDS)  # unique per group ever built (keys of captured CUDA graphs)
         self.head_list = list(spec.heads)
-        self.heads = torch.tensor(spec.heads, dtype=torch.long, device=device)
+        self._heads: torch.Tensor | None = None
+        self._device = device
         self.segments: list[tuple[int, int, Retention]] = []
         row = 0
         for n, ret in spec.segments:
@@ -102,6 +105,13 @@ class HeadGroup:
             raise ValueError(f"rows of one group must hold equal frame counts, got {sorted(kept)}")
         self.frames = kept.pop() if kept else 0
         self.chunk_tokens = 0
+
+    @property
+    def heads(self) -> torch.Tensor:
+        """Original head indices as a device tensor (built on first use: no host sync at build)."""
+        if self._heads is None:
+            self._heads = torch.tensor(self.head_list, dtype=torch.long, device=self._device)
+        return self._heads
 
     @property
     def num_heads(self) -> int:
@@ -169,6 +179,7 @@ def _shift_left(buf: torch.Tensor, start: int, drop: int, keep: int):
 
 
 _NULL = contextlib.nullcontext()
+_GROUP_IDS = itertools.count()
 
 
 @dataclass
@@ -329,23 +340,37 @@ class KVCache:
 
     def _build_layer(self, layer: LayerCache, specs: list[GroupSpec]) -> LayerCache:
         history = self.history
+        tpf = self.tokens_per_frame
         where = {h: (g, row) for g in layer.groups for row, h in enumerate(g.head_list)}
         groups = []
         for spec in specs:
             cap = max(_capacity(ret, self.total_frames, self.max_chunk_frames) for _, ret in spec.segments)
             g = HeadGroup(spec, self.batch, self.head_dim, self.tokens_per_frame, cap, self.dtype, self.device, history)
+            # rows that keep the same frames and read them from the same source segment are
+            # copied together: one gather per run of consecutive frames
+            buckets: dict[tuple, list] = {}
             for row, h in enumerate(spec.heads):
                 src, src_row = where[h]
-                src_ids = src.frame_ids(src_row)
-                want = g.frame_ids(row)
+                src_ids = tuple(src.frame_ids(src_row))
+                want = tuple(g.frame_ids(row))
                 missing = sorted(set(want) - set(src_ids))
                 if missing:
                     raise ValueError(f"cannot regroup: head {h} needs frames {missing} that the cache no longer holds")
+                buckets.setdefault((id(src), src_ids, want), [src, [], []])
+                buckets[(id(src), src_ids, want)][1].append(row)
+                buckets[(id(src), src_ids, want)][2].append(src_row)
+            for (_, src_ids, want), (src, rows, src_rows) in buckets.items():
                 pos = {f: i for i, f in enumerate(src_ids)}
-                tpf = self.tokens_per_frame
+                dst_rows = _rows(rows, self.device)
+                src_sel = _rows(src_rows, self.device)
                 for dst, srcpos, n in _runs([pos[f] for f in want]):  # block copies of consecutive frames
-                    g.k[:, row, dst * tpf:(dst + n) * tpf].copy_(src.k[:, src_row, srcpos * tpf:(srcpos + n) * tpf])
-                    g.v[:, row, dst * tpf:(dst + n) * tpf].copy_(src.v[:, src_row, srcpos * tpf:(srcpos + n) * tpf])
+                    d0, d1, s0, s1 = dst * tpf, (dst + n) * tpf, srcpos * tpf, (srcpos + n) * tpf
+                    for a, b in ((g.k, src.k), (g.v, src.v)):
+                        part = b[:, src_sel, s0:s1] if isinstance(src_sel, slice) else b[:, :, s0:s1].index_select(1, src_sel)
+                        if isinstance(dst_rows, slice):
+                            a[:, dst_rows, d0:d1].copy_(part)
+                        else:
+                            a[:, :, d0:d1].index_copy_(1, dst_rows, part)
             groups.append(g)
         return LayerCache(groups, layer.num_heads, self.flops)
 
@@ -363,6 +388,13 @@ class KVCache:
         frames = self.history if frames is None else frames
         elem = torch.empty((), dtype=self.dtype).element_size()
         return 2 * len(self.layers) * self.batch * self.num_heads * frames * self.tokens_per_frame * self.head_dim * elem
+
+
+def _rows(rows: list[int], device):
+    """A slice when the rows are consecutive, else an index tensor on ``device``."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))
+    return torch.tensor(rows, dtype=torch.long).to(device)
 
 
 def _runs(src_positions: list[int]) -> list[tuple[int, int, int]]:
