@@ -295,3 +295,17 @@ def test_sampler_asks_model_management_for_room(run_node, N, model, monkeypatch)
     sample(run_node, N, model, latent=video_latent(batch=2, frames=6), cache="sink + window", sink_frames=1,
            window_frames=1)
     assert kv / 3 <= calls[0][1] - (need - kv) < kv  # sink 1 + window 1 + 1 chunk = 3 frames instead of 6
+
+
+def test_compute_dtype_follows_comfyui(stub_model_patcher):
+    """manual_cast_dtype (set by ComfyUI for fp8 / low-precision storage) wins over the weights'
+    dtype; storage-only dtypes never become the compute dtype."""
+    import sys
+    from test_pack import load_pack
+    load_pack()
+    glue = sys.modules["ComfyUI_Dummy_Forcing.nodes.comfy_glue"]
+    assert glue.compute_dtype(stub_model_patcher(tiny_wan())) == torch.float32
+    assert glue.compute_dtype(stub_model_patcher(tiny_wan(), manual_cast_dtype=torch.bfloat16)) == torch.bfloat16
+    net = tiny_wan().to(torch.float8_e4m3fn)
+    net.dtype = torch.float8_e4m3fn
+    assert glue.compute_dtype(stub_model_patcher(net)) == torch.float32  # on the CPU; bf16 on CUDA

@@ -103,7 +103,7 @@ def weights_digest(model) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.model.diffusion_model.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
     return h.hexdigest()
 
 
