@@ -52,12 +52,13 @@ class FastOptions:
         above it the path gathers heads and runs separate products instead.
     overlap_groups: (CUDA) run the attention of a layer's second and later head groups on a
         side stream, overlapping the first group's (fills the tail waves of small groups).
-    cuda_graphs: (CUDA) capture a forward pass as a CUDA graph once the same shapes and
-        cache layout have been run ``graph_after`` times (one chunk's passes), and replay it
-        from then on: the host no longer launches ~700 kernels per pass. Steady-state chunks
-        (Dummy Forcing after the switch, a full rolling window) repeat the same layout, so
-        they replay; a growing cache never repeats and stays eager. Any capture failure
-        turns graphs off for the runner (``FastPath.graph_error``) and runs eagerly."""
+    cuda_graphs: (CUDA) capture a forward pass as a CUDA graph when its shapes and cache
+        layout repeat those of an earlier chunk (the cache committed in between), and replay
+        it from then on: the host no longer launches ~700 kernels per pass. Steady-state
+        chunks (Dummy Forcing after the switch, a full rolling window) repeat their layout,
+        so they replay; a growing cache never repeats and stays eager (no capture is wasted
+        on it). At most ``max_graphs`` graphs (each with its memory pool) are kept. Any
+        capture failure turns graphs off for the runner (``FastPath.graph_error``)."""
 
     fused_kernels: bool = True
     fuse_qkv: bool = True
@@ -66,15 +67,15 @@ class FastOptions:
     linear_patch_embed: bool = True
     attention: str = "auto"
     weight_budget_bytes: int = 2 << 30
-    overlap_groups: bool = False
+    overlap_groups: bool = True
     cuda_graphs: bool = True
-    graph_after: int = 5
+    max_graphs: int = 2
 
     def __post_init__(self):
         if self.attention not in ATTENTION_CHOICES:
             raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
-        if self.graph_after < 2:
-            raise ValueError(f"graph_after must be >= 2 (a layout runs eagerly once first), got {self.graph_after}")
+        if self.max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {self.max_graphs}")
 
 
 def _flags_plain(m: nn.Module) -> bool:
@@ -359,12 +360,11 @@ class FastPath:
         entry = self._graphs.get(key)
         if entry is not None:
             return self._replay(entry, x, timesteps, rope, cache, first=False)
-        n = self._graph_uses.get(key, 0) + 1
-        self._graph_uses[key] = n
+        first_history = self._graph_uses.setdefault(key, cache.history)
         if self._graph_stream is None:
             self._graph_stream = torch.cuda.Stream(self.device)
         stream, main = self._graph_stream, torch.cuda.current_stream(self.device)
-        if n < self.opts.graph_after:
+        if first_history == cache.history:  # not yet seen in an earlier chunk
             # eager, on the capture stream: the first runs warm up its library handles
             self.graph_stats["eager"] += 1
             stream.wait_stream(main)
@@ -384,6 +384,8 @@ class FastPath:
             self.graph_stats["eager"] += 1
             return self._run_eager(x, timesteps, rope, cache, text, None)
         entry.flops = (cache.flops.done - flops0[0], cache.flops.full - flops0[1])
+        while len(self._graphs) >= self.opts.max_graphs:  # oldest first
+            self._graphs.pop(next(iter(self._graphs)))
         self._graphs[key] = entry
         return self._replay(entry, x, timesteps, rope, cache, first=True)
 
