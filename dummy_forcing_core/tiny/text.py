@@ -59,34 +59,40 @@ class TextConfig:
     heads: int = 4
     ffn: int = 128
     vocab: list[str] = field(default_factory=lambda: list(VOCAB))
+    filler: list[str] = field(default_factory=lambda: sorted(FILLER))
+    synonyms: dict = field(default_factory=lambda: dict(SYNONYMS))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TextConfig":
-        keys = {"dim", "length", "layers", "heads", "ffn", "vocab"}
+        keys = {"dim", "length", "layers", "heads", "ffn", "vocab", "filler", "synonyms"}
         return cls(**{k: v for k, v in d.items() if k in keys})
 
 
-def words_of(prompt: str) -> list[str]:
+def words_of(prompt: str, filler=None, synonyms=None) -> list[str]:
     """Lower-case words and commas, synonyms mapped, filler dropped. "moving down right"
-    -> ["down", "right"]; "falling" stays (the dataset says "falling" for straight down)."""
+    -> ["down", "right"]; "falling" stays (the dataset says "falling" for straight down).
+    ``filler`` / ``synonyms`` default to this module's (a model file stores its own)."""
+    filler = FILLER if filler is None else set(filler)
+    synonyms = SYNONYMS if synonyms is None else synonyms
     raw = re.findall(r"[a-z]+|,", prompt.lower())
     out = []
     for i, w in enumerate(raw):
-        if w in FILLER:
+        if w in filler:
             continue
         nxt = raw[i + 1] if i + 1 < len(raw) else ""
         # "moving down"/"moving up" alone mean falling / rising; before left/right they stay
         if w in ("down", "up") and nxt in ("left", "right"):
             out.append(w)
             continue
-        out.append(SYNONYMS.get(w, w))
+        out.append(synonyms.get(w, w))
     return out
 
 
-def tokenize(prompts: list[str] | str, length: int = 32, vocab: list[str] | None = None) -> torch.Tensor:
+def tokenize(prompts: list[str] | str, length: int = 32, vocab: list[str] | None = None, filler=None,
+             synonyms=None) -> torch.Tensor:
     """-> LongTensor [B, length] (truncated / padded with <pad>)."""
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -95,7 +101,7 @@ def tokenize(prompts: list[str] | str, length: int = 32, vocab: list[str] | None
     unk, pad = index["<unk>"], index["<pad>"]
     rows = []
     for p in prompts:
-        ids = [index.get(w, unk) for w in words_of(p)][:length]
+        ids = [index.get(w, unk) for w in words_of(p, filler, synonyms)][:length]
         rows.append(ids + [pad] * (length - len(ids)))
     return torch.tensor(rows, dtype=torch.long)
 
@@ -129,7 +135,8 @@ class TextEncoder(nn.Module):
         nn.init.normal_(self.embed.weight, std=1.0 / math.sqrt(cfg.dim) * 4)
 
     def tokenize(self, prompts) -> torch.Tensor:
-        return tokenize(prompts, self.config.length, self.config.vocab)
+        c = self.config
+        return tokenize(prompts, c.length, c.vocab, c.filler, c.synonyms)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, length] ids -> [B, length, dim]."""
@@ -144,4 +151,4 @@ class TextEncoder(nn.Module):
 
     def unknown_words(self, prompt: str) -> list[str]:
         vocab = set(self.config.vocab)
-        return [w for w in words_of(prompt) if w not in vocab]
+        return [w for w in words_of(prompt, self.config.filler, self.config.synonyms) if w not in vocab]

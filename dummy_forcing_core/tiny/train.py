@@ -183,14 +183,17 @@ def doubled_rope(frames: int, h: int, w: int, head_dim: int, device, dtype=torch
 
 
 def teacher_forcing_forward(model: WanModel, x0: torch.Tensor, xt: torch.Tensor, t_frames: torch.Tensor,
-                            context: torch.Tensor, attend, dtype=torch.float32) -> torch.Tensor:
+                            context: torch.Tensor, attend, dtype=torch.float32,
+                            t_clean: torch.Tensor | None = None) -> torch.Tensor:
     """Flow prediction for the noisy frames, each chunk seeing only clean past chunks.
 
-    x0, xt: [B, C, F, H, W] clean and noisy latents; t_frames: [B, F] timesteps (0..1000) of
-    the noisy frames; context: [B, L_text, text_dim]. Returns [B, out_dim, F, H, W]."""
+    x0, xt: [B, C, F, H, W] context ("clean") and noisy latents; t_frames: [B, F] timesteps
+    (0..1000) of the noisy frames; context: [B, L_text, text_dim]; t_clean: [B, F] timesteps
+    of the context frames (default 0: clean, as the sampler's cache pass with
+    context_timestep 0). Returns [B, out_dim, F, H, W]."""
     B, _, Fr = x0.shape[:3]
     tokens, grid = embed_patches(model, torch.cat([x0, xt], dim=2), dtype)
-    ts = torch.cat([torch.zeros_like(t_frames), t_frames], dim=1)
+    ts = torch.cat([torch.zeros_like(t_frames) if t_clean is None else t_clean.to(t_frames), t_frames], dim=1)
     e, e0 = time_embed(model, ts, dtype)
     rope = doubled_rope(Fr, grid[1], grid[2], model.dim // model.num_heads, x0.device,
                         torch.float64 if dtype == torch.float64 else torch.float32)
@@ -279,18 +282,43 @@ class Trainer:
             tokens = tokens.pin_memory().to(self.device, non_blocking=True)
         return self.codec.encode(video), tokens.to(self.device)
 
-    def loss(self, model, text, x0, tokens, attend, sigma=None, generator=None):
+    def loss(self, model, text, x0, tokens, attend, sigma=None, generator=None, augment: bool = False):
+        """Flow-matching loss. ``augment`` (training only) applies the optional recipe knobs of
+        ``train``: ``context_noise`` (> 0: with probability ``context_noise_prob`` a context
+        chunk is noised to sigma ~ U(0, context_noise) at timestep 1000 sigma, so the model
+        cannot trust its history blindly and must use the text) and ``first_chunk_weight``
+        (loss weight of chunk 0, the one generated from the text alone). Both default off;
+        the shipped model was trained without them."""
+        tc = self.cfg["train"]
+        gen = generator or self.gen
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             ctx = text(tokens)
-            xt, target, t = flow_sample(x0, self.chunk, self.shift, sigma, generator or self.gen)
-            pred = teacher_forcing_forward(model, x0, xt, t, ctx, attend)
-        return F.mse_loss(pred.float(), target.float())
+            xt, target, t = flow_sample(x0, self.chunk, self.shift, sigma, gen)
+            x_ctx, t_ctx = x0, None
+            cn = float(tc.get("context_noise", 0.0)) if augment else 0.0
+            if cn > 0:
+                B, Fr = x0.shape[0], x0.shape[2]
+                n_chunks = -(-Fr // self.chunk)
+                on = torch.rand(B, n_chunks, device=x0.device, generator=gen) < float(tc.get("context_noise_prob", 0.5))
+                sc = torch.rand(B, n_chunks, device=x0.device, generator=gen) * cn * on
+                s_f = sc.repeat_interleave(self.chunk, dim=1)[:, :Fr].to(x0.dtype)
+                eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=gen)
+                x_ctx = x0 + s_f[:, None, :, None, None] * (eps - x0)
+                t_ctx = 1000.0 * s_f
+            pred = teacher_forcing_forward(model, x_ctx, xt, t, ctx, attend, t_clean=t_ctx)
+        err = (pred.float() - target.float()) ** 2
+        w0 = float(tc.get("first_chunk_weight", 1.0)) if augment else 1.0
+        if w0 != 1.0:
+            w = torch.ones(x0.shape[2], device=x0.device)
+            w[: self.chunk] = w0
+            return (err.mean((0, 1, 3, 4)) * w).sum() / w.sum()
+        return err.mean()
 
     def step(self, x0: torch.Tensor, tokens: torch.Tensor, lr: float, attn: str | None = None) -> float:
         tc = self.cfg["train"]
         for g in self.opt.param_groups:
             g["lr"] = lr
-        loss = self.loss(self.model, self.text, x0, tokens, self.attend_fn(attn))
+        loss = self.loss(self.model, self.text, x0, tokens, self.attend_fn(attn), augment=True)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc["grad_clip"]:

@@ -74,3 +74,19 @@ def test_shipped_config_fits_the_size_budget():
     model, text = build(cfg)
     assert file_size_estimate(model, text) <= 15 * 10**6
     assert cfg["model"]["in_dim"] == 12 and cfg["train"]["chunk_frames"] == 3 and cfg["data"]["frames"] >= 21
+
+
+def test_recipe_knobs_context_noise_and_first_chunk_weight():
+    cfg = load_config(None, SMALL + ["train.context_noise=0.5", "train.context_noise_prob=1.0",
+                                     "train.first_chunk_weight=3.0"])
+    tr = Trainer(cfg, "cpu", attn="sdpa")
+    x0, tokens = tr.data(0, 4)
+    att = tr.attend_fn()
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    with torch.no_grad():
+        plain = tr.loss(tr.model, tr.text, x0, tokens, att, generator=g())
+        aug = tr.loss(tr.model, tr.text, x0, tokens, att, generator=g(), augment=True)
+        again = tr.loss(tr.model, tr.text, x0, tokens, att, generator=g(), augment=True)
+    assert math.isfinite(float(aug)) and float(aug) != float(plain) and float(aug) == float(again)
+    losses = [float(tr.step(x0, tokens, lr=3e-3)) for _ in range(3)]
+    assert all(math.isfinite(v) for v in losses)
