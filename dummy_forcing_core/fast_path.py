@@ -53,8 +53,8 @@ class FastOptions:
     overlap_groups: (CUDA) run the attention of a layer's second and later head groups on a
         side stream, overlapping the first group's (fills the tail waves of small groups).
     cuda_graphs: (CUDA) capture a forward pass as a CUDA graph when its shapes and cache
-        layout repeat those of an earlier chunk (the cache committed in between), and replay
-        it from then on: the host no longer launches ~700 kernels per pass. Steady-state
+        layout repeat those of an earlier chunk (the cache committed in between), or repeat
+        within a chunk whose layout commits cannot change, and replay it from then on: the host no longer launches ~700 kernels per pass. Steady-state
         chunks (Dummy Forcing after the switch, a full rolling window) repeat their layout,
         so they replay; a growing cache never repeats and stays eager (no capture is wasted
         on it). At most ``max_graphs`` graphs (each with its memory pool) are kept. Any
@@ -158,6 +158,16 @@ class _GraphEntry:
     flops: tuple           # (done, full) attention FLOPs one pass adds
     groups: list           # (group, chunk tokens) a pass leaves in each group's scratch
     keep: tuple            # text K/V and layer weights the graph reads: kept alive
+
+
+def _steady(cache, chunk_frames: int) -> bool:
+    """Whether committing chunks of ``chunk_frames`` leaves every group's frame count as it is."""
+    for layer in cache.layers:
+        for grp in layer.groups:
+            for _, _, ret in grp.segments:
+                if ret.kept(grp.history) != ret.kept(grp.history + chunk_frames):
+                    return False
+    return True
 
 
 def _release_if_owner(path_ref, owner_ref):
@@ -360,11 +370,15 @@ class FastPath:
         entry = self._graphs.get(key)
         if entry is not None:
             return self._replay(entry, x, timesteps, rope, cache, first=False)
-        first_history = self._graph_uses.setdefault(key, cache.history)
+        seen = self._graph_uses.setdefault(key, [cache.history, 0])
+        seen[1] += 1
         if self._graph_stream is None:
             self._graph_stream = torch.cuda.Stream(self.device)
         stream, main = self._graph_stream, torch.cuda.current_stream(self.device)
-        if first_history == cache.history:  # not yet seen in an earlier chunk
+        # capture a layout seen in an earlier chunk, or seen before in this chunk when the
+        # next commits cannot change it (every group already holds all it keeps)
+        repeat = seen[0] != cache.history or (seen[1] > 1 and _steady(cache, x.shape[2]))
+        if not repeat:
             # eager, on the capture stream: the first runs warm up its library handles
             self.graph_stats["eager"] += 1
             stream.wait_stream(main)
