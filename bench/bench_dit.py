@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import gc
 import json
 import math
 import os
@@ -573,6 +574,10 @@ def main(argv=None):
                 results[key] = op_profile(runner, ctx, res_table["480p"], dev, log)
             except Exception:  # noqa: BLE001
                 log(traceback.format_exc())
+            if runner is not fast and runner.fast_path is not None:
+                runner.fast_path.clear()
+            del runner
+            gc.collect()
             torch.cuda.empty_cache()
 
     if args.long_frames and not over_budget():
@@ -582,15 +587,16 @@ def main(argv=None):
             if over_budget():
                 break
             row, _ = run_variant(fast, ctx, hw, args.long_frames, name, dev)
-            row.update(res="480p")
+            row.update(res="480p", label=LABELS[name].replace("120", str(args.long_frames)))
             short = next((r for r in results["runs"] if r["res"] == "480p"
                           and r["variant"] == {"window_long": "window", "df_long": "df"}[name] and "error" not in r), None)
-            if short and "peak_bytes" in row:
-                row["peak_vs_21_frames_bytes"] = row["peak_bytes"] - short["peak_bytes"]
+            if short and "peak_bytes" in row:  # memory the run added over what was allocated when it began
+                row["peak_vs_21_frames_bytes"] = row["peak_over_start_bytes"] - short["peak_over_start_bytes"]
             results["long"].append(row)
-            extra = (f", peak - 21-frame peak = {row['peak_vs_21_frames_bytes'] / 2 ** 20:+.0f} MiB"
+            extra = (f", peak over start {fmt_bytes(row['peak_over_start_bytes'])} "
+                     f"({row['peak_vs_21_frames_bytes'] / 2 ** 20:+.0f} MiB vs the {args.frames}-frame run)"
                      if "peak_vs_21_frames_bytes" in row else "")
-            log(f"{LABELS[name]:36s} steady {row['fps_steady']:6.2f} FPS, clip {row['fps_clip']:6.2f} FPS, "
+            log(f"{row['label']:36s} steady {row['fps_steady']:6.2f} FPS, clip {row['fps_clip']:6.2f} FPS, "
                 f"KV {fmt_bytes(row['kv_bytes_end'])} (allocated {fmt_bytes(row['kv_allocated_bytes_end'])}), "
                 f"peak {fmt_bytes(row.get('peak_bytes', 0))}{extra}")
 

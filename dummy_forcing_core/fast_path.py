@@ -155,9 +155,10 @@ class _GraphEntry:
     sin: torch.Tensor
     out: torch.Tensor      # static output
     grid: tuple
-    flops: tuple           # (done, full) attention FLOPs one pass adds
+    flops: tuple           # (done, full) attention FLOPs the captured pass added
     groups: list           # (group, chunk tokens) a pass leaves in each group's scratch
     keep: tuple            # text K/V and layer weights the graph reads: kept alive
+    fn: object = None      # the captured pass as a function (what a replay recomputes; tests)
 
 
 def _steady(cache, chunk_frames: int) -> bool:
@@ -408,13 +409,17 @@ class FastPath:
 
         sx, st = x.clone(), timesteps.clone()
         scos, ssin = rope.cos.clone(), rope.sin.clone()
+
+        def fn():
+            return self._run_eager(sx, st, RopeTable(scos, ssin), cache, text, None)
+
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=self._graph_stream):
-            out, grid = self._run_eager(sx, st, RopeTable(scos, ssin), cache, text, None)
+            out, grid = fn()
         groups = [(grp, grp.chunk_tokens) for layer in cache.layers for grp in layer.groups]
         self.graph_stats["captures"] += 1
         return _GraphEntry(graph, sx, st, scos, ssin, out, grid, (0, 0), groups,
-                           (text, [self._weights.get(i) for i in range(len(cache.layers))]))
+                           (text, [self._weights.get(i) for i in range(len(cache.layers))]), fn)
 
     def _replay(self, entry, x, timesteps, rope, cache, first: bool):
         entry.x.copy_(x)
@@ -424,8 +429,10 @@ class FastPath:
         entry.graph.replay()
         self.graph_stats["replays"] += 1
         if not first:  # the host-side bookkeeping the captured pass did once
-            cache.flops.done += entry.flops[0]
-            cache.flops.full += entry.flops[1]
+            cache.flops.done += entry.flops[0]  # depends on the layout only (part of the key)
+            B, L = entry.x.shape[0], entry.out.shape[1]
+            for layer in cache.layers:  # depends on the history, which may have grown
+                layer.count_full(B, L, self.g.num_heads, self.g.head_dim)
             for grp, n in entry.groups:
                 grp.chunk_tokens = n
         return entry.out, entry.grid

@@ -209,6 +209,11 @@ class LayerCache:
             self.ranges.append((a, a + g.num_heads))
             a += g.num_heads
 
+    def count_full(self, batch: int, tokens: int, heads: int, head_dim: int) -> None:
+        """Add what one pass of ``tokens`` queries would cost with a full cache."""
+        full_keys = self.groups[0].history * self.groups[0].tpf + tokens
+        self.flops.full += 4 * batch * heads * tokens * full_keys * head_dim
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probe=None) -> torch.Tensor:
         """Self-attention of the chunk's queries over [cached context | chunk].
 
@@ -217,8 +222,7 @@ class LayerCache:
         only available while the layer is one group in head order (before Dummy Forcing).
         """
         B, L, H, D = q.shape
-        full_keys = (self.groups[0].history + 0) * self.groups[0].tpf + L
-        self.flops.full += 4 * B * H * L * full_keys * D
+        self.count_full(B, L, H, D)
         if self._identity:
             g = self.groups[0]
             qt = q.transpose(1, 2)
@@ -247,8 +251,7 @@ class LayerCache:
         ``side_stream`` (CUDA): groups after the first run on it, overlapping the first
         group's attention (the calling stream waits for it before returning)."""
         B, L, H, D = q.shape
-        full_keys = self.groups[0].history * self.groups[0].tpf + L
-        self.flops.full += 4 * B * H * L * full_keys * D
+        self.count_full(B, L, H, D)
         if probe is not None and not self._identity:
             raise RuntimeError("attention profiling needs the undivided cache (profile before regrouping)")
         if len(self.groups) == 1:
