@@ -143,14 +143,7 @@ class AttentionProfiler:
         # values are region indicators, so the fused kernel never materialises the
         # [rows, Lk] probabilities. Float64 inputs stay float64; bf16/fp16 accumulate in fp32.
         work = q.dtype if q.dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16) else torch.float32
-        region = torch.full((Lk,), 2, dtype=torch.long)
-        if ctx:
-            fid = torch.tensor(frame_ids, dtype=torch.long).repeat_interleave(tpf)
-            region[:ctx] = torch.where(fid < self.sink_frames, 0, 1)
-        vdim = max(D, 8)
-        values = torch.zeros(Lk, vdim, dtype=work)
-        values[torch.arange(Lk), region] = 1.0
-        values = values.to(device).expand(B, H, Lk, vdim)
+        values = self._region_values(tuple(frame_ids), tpf, Lq, max(D, 8), device, work).expand(B, H, Lk, -1)
 
         rows = self._sample_rows(layer, Lq)
         self.last_rows[layer] = rows
@@ -169,6 +162,20 @@ class AttentionProfiler:
         self._sums[layer] += (acc / (B * rows.numel())).to(torch.float64)
         self.layer_calls[layer] += 1
         self.calls += 1
+
+    def _region_values(self, frame_ids: tuple, tpf: int, num_queries: int, vdim: int, device, dtype) -> torch.Tensor:
+        """[Lk, vdim] one-hot region of every key (0 sink, 1 neighbor, 2 current), built on the
+        device once per key layout and reused by every layer of the chunk."""
+        key = (frame_ids, tpf, num_queries, vdim, str(device), dtype)
+        cached = getattr(self, "_values_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        fid = torch.tensor(frame_ids, dtype=torch.long).to(device).repeat_interleave(tpf)
+        region = torch.cat([torch.where(fid < self.sink_frames, 0, 1),
+                            torch.full((num_queries,), 2, dtype=torch.long, device=device)])
+        values = torch.nn.functional.one_hot(region, vdim).to(dtype)
+        self._values_cache = (key, values)
+        return values
 
     # -- results ----------------------------------------------------------------------------
     @property
