@@ -324,6 +324,15 @@ class KVCache:
         return cls(layers, batch, num_heads, head_dim, tokens_per_frame, max_chunk_frames, total_frames,
                    dtype, torch.device(device), flops)
 
+    @staticmethod
+    def estimate_bytes(num_layers: int, num_heads: int, head_dim: int, tokens_per_frame: int, max_chunk_frames: int,
+                       total_frames: int, retention: Retention = FULL, batch: int = 1, dtype=torch.bfloat16) -> int:
+        """Bytes :meth:`create` allocates for these settings (an upper bound of the whole
+        video's KV memory: regrouping only ever allocates less)."""
+        cap = _capacity(retention, total_frames, max_chunk_frames)
+        elem = torch.empty((), dtype=dtype).element_size()
+        return 2 * num_layers * batch * num_heads * head_dim * cap * tokens_per_frame * elem
+
     @property
     def history(self) -> int:
         return self.layers[0].groups[0].history

@@ -17,7 +17,7 @@ import comfy.utils
 import folder_paths
 
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
-from dummy_forcing_core.kv_cache import FULL, Retention
+from dummy_forcing_core.kv_cache import FULL, KVCache, Retention
 from dummy_forcing_core.transformer import ChunkRunner, ModelGeometry, check_latent
 
 log = logging.getLogger("dummy_forcing")
@@ -99,15 +99,11 @@ def compute_dtype(model) -> torch.dtype | None:
 
 
 def kv_cache_bytes(model, geom: ModelGeometry, shape, chunk_frames: int, retention: Retention = FULL) -> int:
-    """Upper bound of the KV cache a run of latent ``shape`` (B, C, F, H, W) allocates: every
-    layer's K and V for the frames the base cache keeps plus one chunk of scratch."""
+    """Upper bound of the KV cache a run of latent ``shape`` (B, C, F, H, W) allocates."""
     B, _, Fr, Hh, Ww = shape
     _, ph, pw = geom.patch_size
-    tokens = (Hh // ph) * (Ww // pw)
-    past = max(Fr - 1, 0)
-    frames = min(retention.capacity(past), past) + chunk_frames
-    elem = torch.empty((), dtype=compute_dtype(model)).element_size()
-    return 2 * geom.num_layers * B * geom.num_heads * geom.head_dim * frames * tokens * elem
+    return KVCache.estimate_bytes(geom.num_layers, geom.num_heads, geom.head_dim, (Hh // ph) * (Ww // pw),
+                                  chunk_frames, Fr, retention, B, compute_dtype(model))
 
 
 def load_runner(model, chunk_shape=None, extra_bytes: int = 0) -> ChunkRunner:
