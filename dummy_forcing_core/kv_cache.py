@@ -203,6 +203,7 @@ class LayerCache:
         self._identity = len(groups) == 1 and groups[0].head_list == list(range(num_heads))
         # storage order: the heads of every group, group after group (see attend_ordered)
         self.order: list[int] = [h for g in groups for h in g.head_list]
+        self._order_index: torch.Tensor | None = None  # self.order on the device, made on first use
         self.ranges: list[tuple[int, int]] = []
         a = 0
         for g in groups:
@@ -221,26 +222,15 @@ class LayerCache:
         ``probe(q, keys, group)`` sees the single group's queries [B, H, Lc, D] and keys; it is
         only available while the layer is one group in head order (before Dummy Forcing).
         """
-        B, L, H, D = q.shape
-        self.count_full(B, L, H, D)
         if self._identity:
-            g = self.groups[0]
-            qt = q.transpose(1, 2)
-            keys, values = g.write(k.transpose(1, 2), v.transpose(1, 2))
-            if probe is not None:
-                probe(qt, keys, g)
-            self.flops.done += 4 * B * H * L * keys.shape[2] * D
-            return F.scaled_dot_product_attention(qt, keys, values).transpose(1, 2)
+            return self.attend_ordered(q, k, v, probe)
         if probe is not None:
             raise RuntimeError("attention profiling needs the undivided cache (profile before regrouping)")
-        out = torch.empty_like(q)
-        for g in self.groups:
-            idx = g.heads
-            qg = q.index_select(2, idx).transpose(1, 2)
-            keys, values = g.write(k.index_select(2, idx).transpose(1, 2), v.index_select(2, idx).transpose(1, 2))
-            self.flops.done += 4 * B * g.num_heads * L * keys.shape[2] * D
-            out.index_copy_(2, idx, F.scaled_dot_product_attention(qg, keys, values).transpose(1, 2))
-        return out
+        if self._order_index is None or self._order_index.device != q.device:
+            self._order_index = torch.tensor(self.order, dtype=torch.long, device=q.device)
+        order = self._order_index
+        grouped = self.attend_ordered(q.index_select(2, order), k.index_select(2, order), v.index_select(2, order))
+        return torch.empty_like(grouped).index_copy_(2, order, grouped)
 
     def attend_ordered(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probe=None,
                        side_stream=None) -> torch.Tensor:
