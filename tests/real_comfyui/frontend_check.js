@@ -1,0 +1,532 @@
+#!/usr/bin/env node
+// Manual / optional check (not part of pytest): the example workflows in workflows/ in ComfyUI's
+// real web frontend, driven by a headless Chromium, and the Cache Stats / Profile Heads text
+// widget (web/dummy_forcing.js) after a real run on the harness's tiny Wan checkpoint.
+//
+// Needs node >= 18, Debian's chromium and playwright-core (no browser download):
+//   apt-get install -y chromium
+//   npm install --prefix /tmp/fe playwright-core
+//   COMFYUI_DIR=/opt/comfyui COMFYUI_PYTHON=/opt/comfyui-venv/bin/python \
+//     NODE_PATH=/tmp/fe/node_modules node tests/real_comfyui/frontend_check.js [OUT_DIR]
+// OUT_DIR (default /tmp/df_frontend_check) gets report.json and one screenshot per workflow
+// (wf_<name>.png), the run (run_graph.png) and the Cache Stats / Profile Heads nodes after it
+// (run_cache_stats.png, run_profile_heads.png; run_cache_stats_large.png at 780x940, the picture
+// in assets/cache_stats_node.png). Exit status 0 = no problem found; 1 = problems (listed).
+//
+// The server is started by harness.py (loopback only, temp base dir, --cpu) with the
+// test-only random text conditioning pack of test_pack_nodes.py, and with empty placeholder
+// files named like the workflows' models so that their combos list them (as for a user who
+// has the models). COMFYUI_URL=http://127.0.0.1:PORT uses a running server instead (the run
+// check then needs that server to have the tiny checkpoint and DFTestTextContext).
+"use strict";
+const { spawn } = require("child_process");
+const fs = require("fs");
+const path = require("path");
+const { chromium } = require("playwright-core");
+
+const HERE = __dirname;
+const REPO = path.resolve(HERE, "..", "..");
+const PACK = "ComfyUI-Dummy-Forcing";
+const OUT = path.resolve(process.argv[2] || "/tmp/df_frontend_check");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const WORKFLOWS = ["text_to_video_dummy_forcing", "long_video_sink_window", "profile_and_reuse"];
+const FRONTEND_ONLY = new Set(["MarkdownNote", "Note"]);
+const WIDGET_TYPES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"]);
+const REPORT_WIDGET = "df_report"; // web/dummy_forcing.js
+
+// What each workflow is meant to set, by widget name (README / docs): checked on what the
+// frontend shows, on top of the positional comparison with widgets_values.
+const INTENDED = {
+  text_to_video_dummy_forcing: {
+    UNETLoader: { unet_name: "self_forcing_dmd_bf16.safetensors", weight_dtype: "default" },
+    CLIPLoader: { clip_name: "umt5_xxl_fp8_e4m3fn_scaled.safetensors", type: "wan", device: "default" },
+    VAELoader: { vae_name: "wan_2.1_vae.safetensors" },
+    EmptyHunyuanLatentVideo: { width: 832, height: 480, length: 81, batch_size: 1 },
+    ApplyDummyForcing: { dummy_heads: 0.5, scope: "global", normalised_cost: false, ar_start: 1,
+                         context_packing: true, long_context_frames: 0 },
+    ARVideoSampler: { seed: 42, control_after_generate: "fixed", denoise_timesteps: "1000,750,500,250",
+                      shift: 5, frames_per_chunk: 3, cache: "full" },
+    CreateVideo: { fps: 16 },
+    SaveVideo: { filename_prefix: "video/dummy_forcing", format: "auto", codec: "auto" },
+  },
+  long_video_sink_window: {
+    UNETLoader: { unet_name: "longlive_bf16.safetensors" },
+    CLIPLoader: { type: "wan" },
+    EmptyHunyuanLatentVideo: { width: 832, height: 480, length: 241 },
+    ApplyDummyForcing: { dummy_heads: 0.5, ar_start: 2, long_context_frames: 36, context_packing: true },
+    ARVideoSampler: { seed: 7, control_after_generate: "fixed", cache: "sink + window", sink_frames: 3,
+                      window_frames: 12, frames_per_chunk: 3 },
+    SaveVideo: { filename_prefix: "video/dummy_forcing_long" },
+  },
+  profile_and_reuse: {
+    ProfileHeads: { seed: 0, control_after_generate: "fixed", save_name: "self_forcing_480p",
+                    denoise_timesteps: "1000,750,500,250", preview_dummy_heads: 0.5, frames_per_chunk: 3 },
+    LoadHeadProfile: { profile_name: "self_forcing_480p.safetensors" },
+    CLIPLoader: { type: "wan" },
+  },
+};
+
+const problems = [];
+const report = { workflows: {}, run: null, page_errors: [], console_errors: [], external_requests: [] };
+function problem(msg) {
+  problems.push(msg);
+  console.log("PROBLEM: " + msg);
+}
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ------------------------------------------------------------------------------------ server
+const LAUNCHER = String.raw`
+import ast, json, os, sys
+sys.path.insert(0, os.getcwd())
+from harness import ComfyServer
+src = open("test_pack_nodes.py").read()
+text_pack = next(n.value.value for n in ast.parse(src).body if isinstance(n, ast.Assign)
+                 and getattr(n.targets[0], "id", "") == "TEXT_PACK_SOURCE")
+srv = ComfyServer.from_env(extra_packs={"df_test_text_context": text_pack})
+srv.prepare()
+placeholders = {"diffusion_models": ["self_forcing_dmd_bf16.safetensors", "longlive_bf16.safetensors"],
+                "text_encoders": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors"], "vae": ["wan_2.1_vae.safetensors"],
+                "dummy_forcing_profiles": ["self_forcing_480p.safetensors"]}
+for sub, names in placeholders.items():
+    os.makedirs(os.path.join(srv.base_dir, "models", sub), exist_ok=True)
+    for n in names:
+        open(os.path.join(srv.base_dir, "models", sub, n), "wb").close()
+srv.start()
+print(json.dumps({"url": srv.url, "base_dir": srv.base_dir, "tiny": srv.tiny_wan_info}), flush=True)
+try:
+    sys.stdin.read()  # until the parent closes stdin (or dies)
+finally:
+    srv.stop()
+`;
+
+async function startServer() {
+  if (process.env.COMFYUI_URL) return { url: process.env.COMFYUI_URL.replace(/\/$/, ""), stop: async () => {} };
+  if (!process.env.COMFYUI_DIR) throw new Error("set COMFYUI_DIR (and COMFYUI_PYTHON) or COMFYUI_URL");
+  const py = process.env.COMFYUI_PYTHON || "python3";
+  const child = spawn(py, ["-c", LAUNCHER], { cwd: HERE, stdio: ["pipe", "pipe", "inherit"] });
+  const info = await new Promise((resolve, reject) => {
+    let buf = "";
+    child.stdout.on("data", (d) => {
+      buf += d;
+      const line = buf.split("\n").find((l) => l.startsWith("{"));
+      if (line) resolve(JSON.parse(line));
+    });
+    child.on("exit", (code) => reject(new Error(`server launcher exited with ${code}`)));
+  });
+  const stop = async () => {
+    child.stdin.end();
+    await new Promise((r) => (child.exitCode !== null ? r() : child.on("exit", r)));
+  };
+  return { ...info, stop };
+}
+
+// ------------------------------------------------------------------------------------ page helpers
+async function openDialogs(page) {
+  return page.evaluate(() => {
+    const visible = (el) => !!(el.offsetWidth || el.offsetHeight || el.getClientRects().length);
+    const dialogs = [...document.querySelectorAll(".p-dialog")].filter(visible).map((d) => d.innerText.trim());
+    const toasts = [...document.querySelectorAll(".p-toast-message")].filter(visible).map((d) => d.innerText.trim());
+    return { dialogs, toasts };
+  });
+}
+
+async function closeDialogs(page) {
+  for (let i = 0; i < 5; i++) {
+    const n = await page.evaluate(() => {
+      const btns = [...document.querySelectorAll(".p-dialog .p-dialog-close-button, .p-toast-close-button")];
+      btns.forEach((b) => b.click());
+      return btns.length;
+    });
+    if (!n) return;
+    await sleep(300);
+  }
+}
+
+// The frontend's view of the graph: nodes, widgets (name, type, value), serialized values.
+async function readGraph(page) {
+  return page.evaluate((REPORT_WIDGET) => {
+    const registered = window.LiteGraph.registered_node_types;
+    const ser = window.app.graph.serialize();
+    const serById = Object.fromEntries(ser.nodes.map((n) => [n.id, n]));
+    return window.app.graph._nodes.map((n) => ({
+      id: n.id,
+      type: n.type,
+      title: n.title,
+      mode: n.mode,
+      registered: n.type in registered,
+      has_errors: !!n.has_errors,
+      size: [...n.size],
+      widgets: (n.widgets || []).map((w) => ({
+        name: w.name, type: w.type,
+        value: typeof w.value === "object" && w.value !== null ? JSON.parse(JSON.stringify(w.value)) : w.value,
+        options: w.type === "combo" ? (typeof w.options?.values === "function" ? w.options.values() : w.options?.values) : undefined,
+        serialize: w.serialize !== false && w.options?.serialize !== false,
+      })),
+      serialized_widgets_values: serById[n.id]?.widgets_values,
+      inputs: (n.inputs || []).map((i) => ({ name: i.name, link: i.link, widget: i.widget?.name })),
+    }));
+  }, REPORT_WIDGET);
+}
+
+// Widget names in frontend order, from /object_info (what the JSON's widgets_values follow).
+function expectedWidgetNames(def) {
+  const names = [];
+  const all = { ...(def.input.required || {}), ...(def.input.optional || {}) };
+  const order = [...(def.input_order?.required || []), ...(def.input_order?.optional || [])];
+  for (const name of order) {
+    const [type, opts = {}] = all[name];
+    const isWidget = Array.isArray(type) || WIDGET_TYPES.has(type);
+    if (!isWidget || opts.forceInput) continue;
+    names.push(name);
+    if (opts.control_after_generate || (type === "INT" && ["seed", "noise_seed"].includes(name))) {
+      names.push("control_after_generate");
+    }
+  }
+  return names;
+}
+
+function checkWidgetValue(where, name, value, spec) {
+  if (!spec) return; // control_after_generate
+  const [type, opts = {}] = spec;
+  const options = Array.isArray(type) ? type : type === "COMBO" ? opts.options : null;
+  if (options) {
+    if (!options.includes(value)) problem(`${where}: ${name} = ${JSON.stringify(value)} not among ${JSON.stringify(options)}`);
+  } else if (type === "INT" || type === "FLOAT") {
+    if (typeof value !== "number") problem(`${where}: ${name} = ${JSON.stringify(value)} is not a number`);
+    else if ((opts.min != null && value < opts.min) || (opts.max != null && value > opts.max))
+      problem(`${where}: ${name} = ${value} outside [${opts.min}, ${opts.max}]`);
+    else if (type === "INT" && !Number.isInteger(value)) problem(`${where}: ${name} = ${value} is not an integer`);
+  } else if (type === "BOOLEAN" && typeof value !== "boolean") {
+    problem(`${where}: ${name} = ${JSON.stringify(value)} is not a boolean`);
+  } else if (type === "STRING" && typeof value !== "string") {
+    problem(`${where}: ${name} = ${JSON.stringify(value)} is not a string`);
+  }
+}
+
+async function fitView(page) {
+  await page.evaluate(() => {
+    const c = window.app.canvas;
+    const nodes = window.app.graph._nodes;
+    const x0 = Math.min(...nodes.map((n) => n.pos[0])), y0 = Math.min(...nodes.map((n) => n.pos[1] - 40));
+    const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+    const W = c.canvas.clientWidth, H = c.canvas.clientHeight;
+    const s = Math.min(W / (x1 - x0 + 80), H / (y1 - y0 + 80), 1.2);
+    c.ds.scale = s;
+    c.ds.offset = [(W / s - (x1 - x0)) / 2 - x0, (H / s - (y1 - y0)) / 2 - y0];
+    c.setDirty(true, true);
+  });
+  await sleep(600);
+}
+
+// ------------------------------------------------------------------------------------ workflows
+async function checkWorkflow(page, url, name, defs, templatesList) {
+  const file = path.join(REPO, "workflows", name + ".json");
+  const json = JSON.parse(fs.readFileSync(file, "utf8"));
+  const r = { file: path.relative(REPO, file), missing_node_types: [], dialogs: [], toasts: [], nodes: [] };
+  report.workflows[name] = r;
+  // as served to the Templates browser (custom node templates)
+  if (!(templatesList[PACK] || []).includes(name)) problem(`${name}: not in /api/workflow_templates`);
+  const served = await page.evaluate(async (u) => (await fetch(u)).json(), `${url}/api/workflow_templates/${PACK}/${name}.json`);
+  if (!same(served, json)) problem(`${name}: the template served differs from the file`);
+
+  const errorsBefore = report.page_errors.length;
+  await page.evaluate(async ([wf, name]) => {
+    await window.app.loadGraphData(wf, true, true, name + ".json");
+  }, [served, name]);
+  await sleep(1500);
+  const d = await openDialogs(page);
+  r.dialogs = d.dialogs;
+  r.toasts = d.toasts;
+  for (const t of d.dialogs) problem(`${name}: dialog after loading: ${t.slice(0, 300)}`);
+  for (const t of d.toasts) problem(`${name}: toast after loading: ${t.slice(0, 300)}`);
+  await page.screenshot({ path: path.join(OUT, `wf_${name}.png`) });
+  await fitView(page);
+  await page.screenshot({ path: path.join(OUT, `wf_${name}_fit.png`) });
+  await closeDialogs(page);
+
+  const graph = await readGraph(page);
+  r.nodes = graph;
+  const newErrors = report.page_errors.slice(errorsBefore);
+  if (newErrors.length) problem(`${name}: page errors while loading: ${newErrors.join(" | ")}`);
+  if (graph.length !== json.nodes.length) problem(`${name}: ${graph.length} nodes in the frontend, ${json.nodes.length} in the file`);
+  const byId = Object.fromEntries(graph.map((n) => [n.id, n]));
+  const intended = INTENDED[name] || {};
+  const seenTypes = new Set();
+  for (const jn of json.nodes) {
+    const fn = byId[jn.id];
+    const where = `${name}: node ${jn.id} ${jn.type}`;
+    if (!fn) { problem(`${where}: not in the frontend's graph`); continue; }
+    if (fn.type !== jn.type) problem(`${where}: frontend type ${fn.type}`);
+    if (!fn.registered) { r.missing_node_types.push(jn.type); problem(`${where}: node type not registered (missing node)`); }
+    if (fn.has_errors) problem(`${where}: has_errors`);
+    if ((fn.mode || 0) !== (jn.mode || 0)) problem(`${where}: mode ${fn.mode}, file ${jn.mode}`);
+    const jv = jn.widgets_values || [];
+    const shown = fn.widgets.filter((w) => w.name !== REPORT_WIDGET);
+    const values = shown.map((w) => w.value);
+    if (!same(values, jv)) problem(`${where}: widgets show ${JSON.stringify(values)}, file has ${JSON.stringify(jv)}`);
+    if (!same(fn.serialized_widgets_values || [], jv))
+      problem(`${where}: re-saved widgets_values ${JSON.stringify(fn.serialized_widgets_values)} != file ${JSON.stringify(jv)}`);
+    if (!FRONTEND_ONLY.has(jn.type)) {
+      const def = defs[jn.type];
+      if (!def) { problem(`${where}: not in /object_info`); continue; }
+      const names = expectedWidgetNames(def);
+      if (!same(shown.map((w) => w.name), names))
+        problem(`${where}: frontend widgets ${JSON.stringify(shown.map((w) => w.name))}, object_info order ${JSON.stringify(names)}`);
+      const all = { ...(def.input.required || {}), ...(def.input.optional || {}) };
+      for (const w of shown) {
+        checkWidgetValue(where, w.name, w.value, all[w.name]);
+        if (w.name === "control_after_generate" && !["fixed", "increment", "decrement", "randomize"].includes(w.value))
+          problem(`${where}: control_after_generate = ${JSON.stringify(w.value)}`);
+      }
+    }
+    const want = intended[jn.type];
+    if (want && !seenTypes.has(jn.type)) {
+      seenTypes.add(jn.type);
+      for (const [k, v] of Object.entries(want)) {
+        const w = shown.find((x) => x.name === k);
+        if (!w) problem(`${where}: no widget ${k}`);
+        else if (!same(w.value, v)) problem(`${where}: ${k} shows ${JSON.stringify(w.value)}, intended ${JSON.stringify(v)}`);
+      }
+    }
+  }
+  for (const t of Object.keys(intended)) if (!seenTypes.has(t)) problem(`${name}: no ${t} node`);
+
+  // layout as shown: no node covering another, no node sticking out of a group it overlaps
+  const TH = 30; // title height
+  const box = (n) => [n.pos[0], n.pos[1] - TH, n.pos[0] + n.size[0], n.pos[1] + n.size[1]];
+  const hit = (a, b) => a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
+  const posById = Object.fromEntries(json.nodes.map((n) => [n.id, n.pos]));
+  const boxes = graph.map((n) => ({ id: n.id, type: n.type, b: box({ pos: posById[n.id], size: n.size }) }));
+  for (let i = 0; i < boxes.length; i++)
+    for (let j = i + 1; j < boxes.length; j++)
+      if (hit(boxes[i].b, boxes[j].b)) problem(`${name}: node ${boxes[i].id} ${boxes[i].type} overlaps node ${boxes[j].id} ${boxes[j].type}`);
+  for (const g of json.groups || []) {
+    const [gx, gy, gw, gh] = g.bounding;
+    const gb = [gx, gy, gx + gw, gy + gh];
+    for (const { id, type, b } of boxes) {
+      const inside = b[0] >= gb[0] && b[1] >= gb[1] && b[2] <= gb[2] && b[3] <= gb[3];
+      if (hit(b, gb) && !inside) problem(`${name}: node ${id} ${type} partly inside group "${g.title.slice(0, 40)}"`);
+    }
+  }
+
+  // the prompt the frontend would queue: every widget (named) reaches the server unchanged
+  const prompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
+  r.api_prompt = prompt;
+  for (const jn of json.nodes) {
+    const muted = jn.mode === 2 || jn.mode === 4;
+    const p = prompt[String(jn.id)];
+    if (FRONTEND_ONLY.has(jn.type) || muted) {
+      if (p) problem(`${name}: node ${jn.id} ${jn.type} (frontend-only or muted) is in the prompt`);
+      continue;
+    }
+    if (!p) { problem(`${name}: node ${jn.id} ${jn.type} missing from the prompt`); continue; }
+    const names = expectedWidgetNames(defs[jn.type]);
+    names.forEach((wn, i) => {
+      if (wn === "control_after_generate") return;
+      if (!same(p.inputs[wn], jn.widgets_values[i]))
+        problem(`${name}: prompt node ${jn.id} ${jn.type}.${wn} = ${JSON.stringify(p.inputs[wn])}, file ${JSON.stringify(jn.widgets_values[i])}`);
+    });
+    if (REPORT_WIDGET in p.inputs) problem(`${name}: ${REPORT_WIDGET} sent in the prompt`);
+  }
+  console.log(`${name}: ${graph.length} nodes, missing types ${JSON.stringify(r.missing_node_types)}, dialogs ${r.dialogs.length}, toasts ${r.toasts.length}`);
+}
+
+// ------------------------------------------------------------------------------------ run check
+// The text-to-video workflow with the tiny checkpoint and a random text conditioning instead of
+// umT5 (there is no text encoder / VAE here): CLIP, VAE and video nodes muted; a Profile Heads
+// node added on the same inputs. Queued from the page like the Run button.
+async function runCheck(page, url, server) {
+  const json = JSON.parse(fs.readFileSync(path.join(REPO, "workflows", "text_to_video_dummy_forcing.json"), "utf8"));
+  await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, "run_check.json"); }, json);
+  await sleep(800);
+  await closeDialogs(page);
+  const setup = await page.evaluate(() => {
+    const LG = window.LiteGraph, g = window.app.graph;
+    const find = (t) => g._nodes.find((n) => n.type === t);
+    const setW = (n, name, v) => { const w = n.widgets.find((x) => x.name === name); w.value = v; w.callback?.(v); };
+    const unet = find("UNETLoader"), empty = find("EmptyHunyuanLatentVideo"), sampler = find("ARVideoSampler");
+    const apply = find("ApplyDummyForcing"), stats = find("CacheStats");
+    setW(unet, "unet_name", "tiny_wan_t2v.safetensors");
+    setW(empty, "width", 64); setW(empty, "height", 64); setW(empty, "length", 21);
+    setW(sampler, "frames_per_chunk", 1);
+    for (const t of ["CLIPLoader", "CLIPTextEncode", "VAELoader", "VAEDecode", "CreateVideo", "SaveVideo"]) find(t).mode = 2;
+    const text = LG.createNode("DFTestTextContext");
+    text.pos = [empty.pos[0], empty.pos[1] + empty.size[1] + 80];
+    g.add(text);
+    text.connect(0, sampler, "positive");
+    const prof = LG.createNode("ProfileHeads");
+    prof.pos = [Math.min(sampler.pos[0], stats.pos[0] - 480), sampler.pos[1] + sampler.size[1] + 120];
+    g.add(prof);
+    unet.connect(0, prof, "model");
+    text.connect(0, prof, "conditioning");
+    empty.connect(0, prof, "latent");
+    for (const [k, v] of Object.entries({ frames_per_chunk: 1, chunks_to_profile: 2, sink_frames: 1, save_name: "frontend_check" }))
+      setW(prof, k, v);
+    g.setDirtyCanvas(true, true);
+    return { stats: stats.id, prof: prof.id, apply: apply.id, sampler: sampler.id };
+  });
+  const result = await page.evaluate(async (ids) => {
+    const api = window.app.api;
+    const events = [];
+    const done = new Promise((resolve) => {
+      const onEv = (name) => (e) => {
+        events.push({ name, node: e.detail?.node ?? e.detail?.node_id, prompt_id: e.detail?.prompt_id,
+                      text: e.detail?.output?.text, images: e.detail?.output?.images?.length,
+                      error: e.detail?.exception_message });
+        if (name !== "executed") resolve();
+      };
+      api.addEventListener("executed", onEv("executed"));
+      api.addEventListener("execution_success", onEv("execution_success"));
+      api.addEventListener("execution_error", onEv("execution_error"));
+    });
+    await window.app.queuePrompt(0, 1);
+    await Promise.race([done, new Promise((r) => setTimeout(r, 240000))]);
+    await new Promise((r) => setTimeout(r, 1500));
+    const read = (id) => {
+      const n = window.app.graph.getNodeById(id);
+      const w = n.widgets?.find((x) => x.name === "df_report");
+      const el = w && (w.element ?? w.inputEl);
+      return { widget: !!w, value: w?.value, element_value: el?.value, element_visible: !!(el && el.offsetWidth && el.offsetHeight),
+               read_only: el?.readOnly, client: el && [el.clientWidth, el.clientHeight],
+               scroll: el && [el.scrollWidth, el.scrollHeight], lines: String(w?.value ?? "").split("\n").length, images: n.imgs?.length ?? 0, size: [...n.size],
+               serialized_widgets_values: n.serialize().widgets_values };
+    };
+    return { events, stats: read(ids.stats), prof: read(ids.prof) };
+  }, setup);
+  report.run = result;
+  const last = result.events[result.events.length - 1];
+  if (!last || last.name !== "execution_success") problem(`run: did not succeed: ${JSON.stringify(last)}`);
+  for (const [label, r, must] of [["Cache Stats", result.stats, "dummy forcing: dummy_heads=0.5"],
+                                   ["Profile Heads", result.prof, "head profile:"]]) {
+    if (!r.widget) problem(`run: ${label} has no ${REPORT_WIDGET} widget`);
+    else {
+      if (!String(r.value).includes(must)) problem(`run: ${label} text does not contain ${JSON.stringify(must)}: ${String(r.value).slice(0, 200)}`);
+      if (r.element_value !== r.value) problem(`run: ${label} textarea does not show the widget's value`);
+      if (!r.element_visible) problem(`run: ${label} textarea not visible`);
+      if (!r.read_only) problem(`run: ${label} textarea is editable`);
+      // the whole report readable without scrolling (short reports; ComfyUI's textarea cannot scroll sideways)
+      if (r.scroll[0] > r.client[0] + 2) problem(`run: ${label} text wider than its box (${r.scroll[0]} > ${r.client[0]} px): clipped`);
+      if (r.lines <= 16 && r.scroll[1] > r.client[1] + 2)
+        problem(`run: ${label} text taller than its box (${r.scroll[1]} > ${r.client[1]} px, ${r.lines} lines)`);
+    }
+    if (!r.images) problem(`run: ${label} shows no image`);
+  }
+  if (!same(result.stats.serialized_widgets_values || [], [])) problem(`run: Cache Stats saves widgets_values ${JSON.stringify(result.stats.serialized_widgets_values)}`);
+  const p = await page.evaluate(async (id) => (await window.app.graphToPrompt()).output[String(id)], setup.prof);
+  if (p && REPORT_WIDGET in p.inputs) problem("run: df_report in the prompt after a run");
+
+  await fitView(page);
+  await page.screenshot({ path: path.join(OUT, "run_graph.png") });
+  await nodeShot(page, setup.stats, path.join(OUT, "run_cache_stats.png"));
+  await nodeShot(page, setup.prof, path.join(OUT, "run_profile_heads.png"));
+  // a roomier Cache Stats (as a user would drag it): no wrapped lines, larger plots
+  await page.evaluate((id) => { const n = window.app.graph.getNodeById(id); n.setSize([780, 940]); }, setup.stats);
+  await nodeShot(page, setup.stats, path.join(OUT, "run_cache_stats_large.png"));
+
+  // Save / reload after the run: values stay on their widgets (the report widget adds nothing).
+  const reload = await page.evaluate(async () => {
+    const before = window.app.graph.serialize();
+    await window.app.loadGraphData(before, true, true, "run_check_reloaded.json");
+    const after = window.app.graph.serialize();
+    const diff = [];
+    for (const n of before.nodes) {
+      const m = after.nodes.find((x) => x.id === n.id);
+      const a = (n.widgets_values || []).filter((v) => v !== null && v !== undefined);
+      const b = (m?.widgets_values || []).filter((v) => v !== null && v !== undefined);
+      if (JSON.stringify(a) !== JSON.stringify(b)) diff.push({ id: n.id, type: n.type, before: n.widgets_values, after: m?.widgets_values });
+    }
+    const prof = window.app.graph._nodes.find((n) => n.type === "ProfileHeads");
+    return { diff, prof_widgets: prof.widgets.map((w) => [w.name, w.value]) };
+  });
+  report.run.reload = reload;
+  if (reload.diff.length) problem(`run: save + reload changed widgets_values: ${JSON.stringify(reload.diff).slice(0, 600)}`);
+  const profWant = { frames_per_chunk: 1, chunks_to_profile: 2, sink_frames: 1, save_name: "frontend_check" };
+  for (const [k, v] of Object.entries(profWant)) {
+    const got = reload.prof_widgets.find(([n]) => n === k)?.[1];
+    if (got !== v) problem(`run: after reload ProfileHeads.${k} = ${JSON.stringify(got)}, expected ${JSON.stringify(v)}`);
+  }
+  return setup;
+}
+
+async function nodeShot(page, id, file, pad = 24) {
+  // centre the node at scale 1 and clip the screenshot to it
+  const box = await page.evaluate(([id, pad]) => {
+    const c = window.app.canvas, n = window.app.graph.getNodeById(id);
+    const TH = window.LiteGraph.NODE_TITLE_HEIGHT;
+    const W = c.canvas.clientWidth, H = c.canvas.clientHeight;
+    const s = Math.min(1, (H - 2 * pad) / (n.size[1] + TH), (W - 2 * pad) / n.size[0]);
+    c.ds.scale = s;
+    c.ds.offset = [(W / s - n.size[0]) / 2 - n.pos[0], (H / s - n.size[1] - TH) / 2 - n.pos[1] + TH];
+    c.setDirty(true, true);
+    const r = c.canvas.getBoundingClientRect();
+    const x = r.left + (n.pos[0] + c.ds.offset[0]) * s, y = r.top + (n.pos[1] - TH + c.ds.offset[1]) * s;
+    return { x: Math.max(0, x - pad), y: Math.max(0, y - pad), width: n.size[0] * s + 2 * pad, height: (n.size[1] + TH) * s + 2 * pad };
+  }, [id, pad]);
+  await sleep(800);
+  await page.screenshot({ path: file, clip: box });
+}
+
+// ------------------------------------------------------------------------------------ main
+(async () => {
+  fs.mkdirSync(OUT, { recursive: true });
+  const server = await startServer();
+  const url = server.url;
+  if (!/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+$/.test(url)) throw new Error(`not a loopback address: ${url}`);
+  console.log(`ComfyUI at ${url} (base dir ${server.base_dir || "?"})`);
+  const profile = fs.mkdtempSync("/tmp/df_frontend_chromium_");
+  let ctx;
+  try {
+    ctx = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM, headless: true, viewport: { width: 1600, height: 1000 },
+      args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync"],
+    });
+    const page = ctx.pages()[0] || (await ctx.newPage());
+    page.on("pageerror", (e) => {
+      const s = String(e.stack || e.message);
+      report.page_errors.push(s.split("\n").slice(0, 3).join(" / "));
+      if (/dummy_forcing/.test(s)) problem(`page error from web/dummy_forcing.js: ${s}`);
+    });
+    page.on("console", (m) => {
+      if (m.type() === "error" || /\[dummy_forcing\]|dummy_forcing\.js\b/.test(m.text())) report.console_errors.push(`${m.type()}: ${m.text().slice(0, 400)}`);
+      if (/\[dummy_forcing\]|dummy_forcing\.js\b/.test(m.text())) problem(`console ${m.type()} mentions dummy_forcing: ${m.text().slice(0, 300)}`);
+    });
+    await page.route("**/*", (route) => {
+      const u = route.request().url();
+      if (u.startsWith(url + "/") || u === url || /^(data|blob):/.test(u)) return route.continue();
+      report.external_requests.push(u);
+      return route.abort();
+    });
+    await page.goto(url + "/", { waitUntil: "load" });
+    await page.waitForFunction(() => window.app?.graph && window.app.extensions?.length, null, { timeout: 120000 });
+    await sleep(2500);
+    await closeDialogs(page);
+    const exts = await page.evaluate(() => window.app.extensions.map((e) => e.name));
+    if (!exts.includes("DummyForcing.NodeReport")) problem("extension DummyForcing.NodeReport not registered");
+    report.frontend_version = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__);
+    const defs = await page.evaluate(async () => (await fetch("/api/object_info")).json());
+    const templates = await page.evaluate(async () => (await fetch("/api/workflow_templates")).json());
+    report.templates = templates;
+
+    for (const name of WORKFLOWS) await checkWorkflow(page, url, name, defs, templates);
+
+    if (defs.DFTestTextContext && (defs.UNETLoader.input.required.unet_name[0] || []).includes("tiny_wan_t2v.safetensors")) {
+      await runCheck(page, url, server);
+    } else {
+      console.log("run check skipped: no tiny checkpoint / DFTestTextContext on this server");
+    }
+  } finally {
+    report.problems = problems;
+    fs.writeFileSync(path.join(OUT, "report.json"), JSON.stringify(report, null, 1));
+    if (ctx) await ctx.close();
+    await server.stop();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+  console.log(`page errors (all, incl. the frontend's own): ${report.page_errors.length}; external requests blocked: ${report.external_requests.length}`);
+  console.log(problems.length ? `${problems.length} problem(s); see ${OUT}/report.json` : `no problems; screenshots in ${OUT}`);
+  process.exit(problems.length ? 1 : 0);
+})().catch((e) => {
+  console.error(e);
+  process.exit(2);
+});
