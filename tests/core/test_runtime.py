@@ -141,6 +141,7 @@ def test_cache_holds_exactly_what_the_policy_keeps():
             assert cache.held_bytes() == 2 * L * B * H * kept * TPF * D * elem
         cap = min(ret.capacity(Fr - 1), Fr - 1) + c
         assert cache.allocated_bytes() == 2 * L * B * H * cap * TPF * D * elem
+        assert KVCache.estimate_bytes(L, H, D, TPF, c, Fr, ret, B, torch.bfloat16) == cache.allocated_bytes()
     full = KVCache.create(L, H, D, TPF, c, Fr, FULL, batch=B, dtype=torch.bfloat16)
     win = KVCache.create(L, H, D, TPF, c, Fr, Retention(3, 12), batch=B, dtype=torch.bfloat16)
     assert full.allocated_bytes() > win.allocated_bytes()
