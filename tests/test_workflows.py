@@ -62,18 +62,9 @@ MUTED_MODES = (2, 4)  # 2 = never (muted), 4 = bypass: not part of the prompt
 def _pack():
     if importlib.util.find_spec("comfy") is None and STUB_DIR not in sys.path:
         sys.path.insert(0, STUB_DIR)
-    mod = sys.modules.get(PACK_MODULE)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(PACK_MODULE, os.path.join(ROOT, "__init__.py"),
-                                                      submodule_search_locations=[ROOT])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_MODULE] = mod
-        try:
-            spec.loader.exec_module(mod)
-        except BaseException:
-            sys.modules.pop(PACK_MODULE, None)
-            raise
-    return mod
+    import comfy_stub_tools
+
+    return comfy_stub_tools.import_pack(ROOT, PACK_MODULE)
 
 
 def our_nodes() -> dict:

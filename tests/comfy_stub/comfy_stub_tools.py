@@ -1,5 +1,7 @@
 """Test helpers that do what ComfyUI's loader and executor do with a V3 node (stub-only module).
 
+- import_pack(root, name): imports a pack folder the way nodes.load_custom_node does
+  (spec_from_file_location with the folder as the package's search path), once per name.
 - load_pack_nodes(module): like nodes.load_custom_node in v0.3.64: NODE_CLASS_MAPPINGS wins;
   otherwise awaits comfy_entrypoint(), checks it is a ComfyExtension, awaits get_node_list()
   and calls GET_SCHEMA() on every class. Returns ({node_id: cls}, {node_id: display_name}).
@@ -12,7 +14,10 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import inspect
+import os
+import sys
 
 
 class NodeValidationError(Exception):
@@ -43,6 +48,22 @@ def _run(coro_or_value):
     if inspect.iscoroutine(coro_or_value):
         return asyncio.run(coro_or_value)
     return coro_or_value
+
+
+def import_pack(root: str, name: str):
+    mod = sys.modules.get(name)
+    if mod is not None:
+        return mod
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "__init__.py"),
+                                                  submodule_search_locations=[root])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return mod
 
 
 def load_pack_nodes(module):

@@ -35,19 +35,7 @@ TEXT_DIM = 32
 # ------------------------------------------------------------------------------------ helpers
 def load_pack():
     """Import the pack the way ComfyUI's nodes.load_custom_node does (spec_from_file_location)."""
-    mod = sys.modules.get(PACK_MODULE)
-    if mod is not None:
-        return mod
-    spec = importlib.util.spec_from_file_location(PACK_MODULE, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_MODULE] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop(PACK_MODULE, None)
-        raise
-    return mod
+    return comfy_stub_tools.import_pack(ROOT, PACK_MODULE)
 
 
 def pack_nodes() -> dict:
