@@ -21,7 +21,12 @@ Each call contributes, per (layer, head), the mean of those three masses over th
 and the sampled rows; several calls (chunks, prompts, seeds) are averaged with equal
 weight. Sampled rows are processed ``query_slice`` rows at a time, so the attention matrix
 of all queries is never held at once (peak extra memory about
-``B * H * query_slice * Lk`` floats, further capped by ``max_slice_elements``).
+``B * H * query_slice * Lk`` floats, further capped by ``max_slice_elements``); on CUDA in
+bf16/fp16 the fused SDPA kernels never build that matrix, so all sampled rows go in one call.
+
+Cost on CUDA: nothing in a call waits for the GPU. Rows are drawn on the CPU (reproducible
+on any device) and copied from pinned memory without blocking; the time is measured with
+CUDA events around each call, read only when :attr:`elapsed_s` is asked for.
 """
 from __future__ import annotations
 
@@ -89,7 +94,9 @@ class AttentionProfiler:
         self._sums = torch.zeros(self.num_layers, self.num_heads, 3, dtype=torch.float64)
         self.layer_calls = torch.zeros(self.num_layers, dtype=torch.long)
         self.calls = 0
-        self.elapsed_s = 0.0
+        self._cpu_seconds = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._values_cache = None
         self.last_rows: dict[int, torch.Tensor] = {}
         self._generators: dict[int, torch.Generator] = {}
 
@@ -108,17 +115,32 @@ class AttentionProfiler:
 
     # -- the probe --------------------------------------------------------------------------
     def __call__(self, layer: int, q: torch.Tensor, keys: torch.Tensor, group) -> None:
-        cuda = q.is_cuda
-        if cuda:
-            torch.cuda.synchronize(q.device)
+        if q.is_cuda:  # GPU time between two events: no host sync inside the chunk loop
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                with torch.no_grad():
+                    self._measure(int(layer), q, keys, group)
+            finally:
+                end.record()
+                self._events.append((start, end))
+            return
         t0 = time.perf_counter()
         try:
             with torch.no_grad():
                 self._measure(int(layer), q, keys, group)
         finally:
-            if cuda:
-                torch.cuda.synchronize(q.device)
-            self.elapsed_s += time.perf_counter() - t0
+            self._cpu_seconds += time.perf_counter() - t0
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds spent profiling: wall time on CPU, GPU time between CUDA events on CUDA
+        (reading it waits for the last recorded call to finish)."""
+        if self._events:
+            self._events[-1][1].synchronize()
+            self._cpu_seconds += sum(a.elapsed_time(b) for a, b in self._events) / 1000.0
+            self._events = []
+        return self._cpu_seconds
 
     def _measure(self, layer: int, q: torch.Tensor, keys: torch.Tensor, group) -> None:
         if not 0 <= layer < self.num_layers:
@@ -143,16 +165,17 @@ class AttentionProfiler:
         # values are region indicators, so the fused kernel never materialises the
         # [rows, Lk] probabilities. Float64 inputs stay float64; bf16/fp16 accumulate in fp32.
         work = q.dtype if q.dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16) else torch.float32
-        values = self._region_values(tuple(frame_ids), tpf, Lq, max(D, 8), device, work).expand(B, H, Lk, -1)
+        values = self._region_values(tuple(frame_ids), tpf, Lq, max(D, 8), (B, H), device, work)
 
         rows = self._sample_rows(layer, Lq)
         self.last_rows[layer] = rows
         k = keys.to(work)
-        step = self.query_slice
-        if self.max_slice_elements is not None:
+        fused = q.is_cuda and work in (torch.bfloat16, torch.float16)
+        step = rows.numel() if fused else self.query_slice
+        if self.max_slice_elements is not None and not fused:
             step = max(1, min(step, self.max_slice_elements // max(1, B * H * Lk)))
         acc = torch.zeros(H, 3, dtype=torch.float64 if work == torch.float64 else torch.float32, device=device)
-        rows_dev = rows.to(device)
+        rows_dev = rows.pin_memory().to(device, non_blocking=True) if q.is_cuda else rows
         for s in range(0, rows_dev.numel(), step):
             qs = q.index_select(2, rows_dev[s:s + step]).to(work)              # [B, H, s, D]
             mass = torch.nn.functional.scaled_dot_product_attention(qs, k, values)[..., :3]  # [B, H, s, 3]
@@ -163,17 +186,20 @@ class AttentionProfiler:
         self.layer_calls[layer] += 1
         self.calls += 1
 
-    def _region_values(self, frame_ids: tuple, tpf: int, num_queries: int, vdim: int, device, dtype) -> torch.Tensor:
-        """[Lk, vdim] one-hot region of every key (0 sink, 1 neighbor, 2 current), built on the
-        device once per key layout and reused by every layer of the chunk."""
-        key = (frame_ids, tpf, num_queries, vdim, str(device), dtype)
-        cached = getattr(self, "_values_cache", None)
+    def _region_values(self, frame_ids: tuple, tpf: int, num_queries: int, vdim: int, batch_heads: tuple,
+                       device, dtype) -> torch.Tensor:
+        """[B, H, Lk, vdim] one-hot region of every key (0 sink, 1 neighbor, 2 current), built on
+        the device once per key layout and reused by every layer of the chunk. Materialised
+        (not an ``expand``ed view): fused SDPA kernels reject zero batch/head strides and torch
+        would fall back to the math kernel, which builds the whole probability matrix."""
+        key = (frame_ids, tpf, num_queries, vdim, batch_heads, str(device), dtype)
+        cached = self._values_cache
         if cached is not None and cached[0] == key:
             return cached[1]
         fid = torch.tensor(frame_ids, dtype=torch.long).to(device).repeat_interleave(tpf)
         region = torch.cat([torch.where(fid < self.sink_frames, 0, 1),
                             torch.full((num_queries,), 2, dtype=torch.long, device=device)])
-        values = torch.nn.functional.one_hot(region, vdim).to(dtype)
+        values = torch.nn.functional.one_hot(region, vdim).to(dtype).expand(*batch_heads, -1, -1).contiguous()
         self._values_cache = (key, values)
         return values
 
@@ -189,6 +215,7 @@ class AttentionProfiler:
             what = "no layer was" if len(missing) == self.num_layers else f"layers {missing} were"
             raise RuntimeError(f"attention profiler: {what} probed ({self.calls} calls so far); run at least one "
                                "chunk through the whole model with the profiler as the probe, on an undivided cache")
+        self._values_cache = None  # profiling is over: free the device buffer
         s = self._sums.cpu() / self.layer_calls[:, None, None].to(torch.float64)
         s = s / s.sum(dim=-1, keepdim=True).clamp_min(1e-300)
         return s.to(torch.float32)

@@ -208,3 +208,16 @@ def test_cuda_matches_cpu():
     cpu(0, q, keys, grp)
     gpu(0, q.cuda(), keys.cuda(), grp)
     torch.testing.assert_close(gpu.scores(), cpu.scores(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_cuda_bf16_fused_path_matches_float64():
+    """bf16 on CUDA takes all sampled rows in one fused call and times with events."""
+    q, keys, grp = random_call(10, dtype=torch.float64)
+    ref = AttentionProfiler(1, 3, 3, sample_fraction=0.5, seed=2)
+    gpu = AttentionProfiler(1, 3, 3, sample_fraction=0.5, seed=2, query_slice=1)
+    ref(0, q, keys, grp)
+    gpu(0, q.cuda().bfloat16(), keys.cuda().bfloat16(), grp)
+    assert gpu.elapsed_s > 0 and gpu.calls == 1
+    torch.testing.assert_close(gpu.scores(), ref.scores(), rtol=0, atol=2e-2)
+    assert gpu._values_cache is None  # scores() frees the device buffer
