@@ -106,6 +106,7 @@ def run_variant(runner, ctx, hw, frames, name, dev, repeat_warm=False, sample_fr
     settings, dfc = variant_settings(name, sample_fraction)
     shape = (1, 16, frames, hw[0], hw[1])
     if dev.type == "cuda":
+        gc.collect()  # whatever an earlier variant left unreferenced is gone before measuring
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
         before = torch.cuda.memory_allocated(dev)

@@ -173,37 +173,40 @@ def generate(runner: ChunkRunner, context: torch.Tensor, shape: tuple[int, int, 
     total_passes = len(chunks) * len(sigmas)
     done = 0
 
-    for f0, n in given:
-        x = start_latent[:, :, f0:f0 + n].to(device=device, dtype=work)
-        out[:, :, f0:f0 + n] = x
-        runner.forward(x, torch.zeros(B, device=device), f0, text, cache, commit=True)
+    try:
+        for f0, n in given:
+            x = start_latent[:, :, f0:f0 + n].to(device=device, dtype=work)
+            out[:, :, f0:f0 + n] = x
+            runner.forward(x, torch.zeros(B, device=device), f0, text, cache, commit=True)
 
-    for ci, (f0, n) in enumerate(chunks):
-        t_start = time.perf_counter()
-        x = noise((B, C, n, Hh, Ww))
-        x0 = x
-        for k, s in enumerate(sigmas):
-            v = runner.forward(x, torch.full((B,), s * 1000.0, device=device, dtype=work), f0, text, cache)
-            x0 = x - s * v.to(work)
-            done += 1
-            if callback is not None:
-                callback(ProgressEvent(ci, len(chunks), k, len(sigmas), done, total_passes, x0, f0))
-            if k + 1 < len(sigmas):
-                s_next = sigmas[k + 1]
-                x = (1.0 - s_next) * x0 + s_next * noise(x0.shape)
-        out[:, :, f0:f0 + n] = x0
-        if ci + 1 < len(chunks) and (stop_after_chunk is None or ci <= stop_after_chunk):
-            xc = x0 if ctx_sigma == 0 else (1.0 - ctx_sigma) * x0 + ctx_sigma * noise(x0.shape)
-            probe = controller.probe_for(ci) if controller else None
-            runner.forward(xc, torch.full((B,), settings.context_timestep, device=device, dtype=work), f0, text,
-                           cache, commit=True, probe=probe)
-            if controller:
-                controller.after_commit(ci, cache, stats)
-        if time_chunks:
-            _sync(device)
-        stats.chunk_seconds.append(time.perf_counter() - t_start)
-        if stop_after_chunk is not None and ci >= stop_after_chunk:
-            break
+        for ci, (f0, n) in enumerate(chunks):
+            t_start = time.perf_counter()
+            x = noise((B, C, n, Hh, Ww))
+            x0 = x
+            for k, s in enumerate(sigmas):
+                v = runner.forward(x, torch.full((B,), s * 1000.0, device=device, dtype=work), f0, text, cache)
+                x0 = x - s * v.to(work)
+                done += 1
+                if callback is not None:
+                    callback(ProgressEvent(ci, len(chunks), k, len(sigmas), done, total_passes, x0, f0))
+                if k + 1 < len(sigmas):
+                    s_next = sigmas[k + 1]
+                    x = (1.0 - s_next) * x0 + s_next * noise(x0.shape)
+            out[:, :, f0:f0 + n] = x0
+            if ci + 1 < len(chunks) and (stop_after_chunk is None or ci <= stop_after_chunk):
+                xc = x0 if ctx_sigma == 0 else (1.0 - ctx_sigma) * x0 + ctx_sigma * noise(x0.shape)
+                probe = controller.probe_for(ci) if controller else None
+                runner.forward(xc, torch.full((B,), settings.context_timestep, device=device, dtype=work), f0, text,
+                               cache, commit=True, probe=probe)
+                if controller:
+                    controller.after_commit(ci, cache, stats)
+            if time_chunks:
+                _sync(device)
+            stats.chunk_seconds.append(time.perf_counter() - t_start)
+            if stop_after_chunk is not None and ci >= stop_after_chunk:
+                break
 
-    stats.finish(cache)
+        stats.finish(cache)
+    finally:
+        runner.end_video()  # a finished or cancelled video: free the graphs that hold its cache
     return GenerationResult(out, stats)

@@ -241,6 +241,13 @@ class ChunkRunner:
         return KVCache.create(g.num_layers, g.num_heads, g.head_dim, self.tokens_per_frame(height, width), chunk_frames,
                               total_frames, retention, batch, self.dtype, self.device, capacity_frames=capacity_frames)
 
+    def end_video(self) -> None:
+        """Drop per-video state: the fast path's CUDA graphs read the video's cache buffers and
+        keep them (and their memory pools) alive until dropped. :func:`generate` calls this
+        when a video ends, finished or not."""
+        if self.fast_path is not None:
+            self.fast_path.release_graphs()
+
     def encode_text(self, context: torch.Tensor) -> TextCache:
         """context: [B, L_text, text_dim] (umT5 for real Wan models)."""
         if context.ndim != 3:

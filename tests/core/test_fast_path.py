@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -178,15 +181,15 @@ class _Replay:
     """Stands in for a captured CUDA graph on the CPU: a replay recomputes the captured pass
     into its static output and, like a real replay, leaves no host-side bookkeeping behind."""
 
-    def __init__(self, entry, cache):
-        self.entry, self.cache = entry, cache
+    def __init__(self, entry, cache):  # weak, as a real graph holds no Python objects
+        self.entry, self.cache = weakref.ref(entry), weakref.ref(cache)
 
     def replay(self):
-        c = self.cache
+        c, entry = self.cache(), self.entry()
         flops = (c.flops.done, c.flops.full)
         tokens = [(g, g.chunk_tokens) for layer in c.layers for g in layer.groups]
-        out, _ = self.entry.fn()
-        self.entry.out.copy_(out)
+        out, _ = entry.fn()
+        entry.out.copy_(out)
         c.flops.done, c.flops.full = flops
         for g, n in tokens:
             g.chunk_tokens = n
@@ -209,9 +212,12 @@ def test_graph_replay_bookkeeping_equals_eager(model, ctx, monkeypatch, case):
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None, raising=False)
     orig_capture = fp.FastPath._capture
 
+    captured_caches = []
+
     def capture(self, key, x, timesteps, rope, cache, text):
         entry = orig_capture(self, key, x, timesteps, rope, cache, text)
         entry.graph = _Replay(entry, cache)
+        captured_caches.append(weakref.ref(cache))
         return entry
 
     monkeypatch.setattr(fp.FastPath, "_capture", capture)
@@ -229,7 +235,15 @@ def test_graph_replay_bookkeeping_equals_eager(model, ctx, monkeypatch, case):
     shape = (1, 16, 24, H_LAT, W_LAT)
     eager = generate(ChunkRunner(model, fast=FastOptions(cuda_graphs=False)), ctx, shape, settings, dummy_forcing=cfg)
     runner = ChunkRunner(model, fast=FastOptions(max_graphs=1))
-    graphed = generate(runner, ctx, shape, settings, dummy_forcing=cfg)
+    gc.disable()  # the cache must be freed by reference counting, not by a later collection
+    try:
+        graphed = generate(runner, ctx, shape, settings, dummy_forcing=cfg)
+        # a graph keeps the buffers it reads: generate drops them when the video ends, so the
+        # cache (GiBs at 1080p) does not outlive the video
+        assert not runner.fast_path._graphs and captured_caches
+        assert all(ref() is None for ref in captured_caches)
+    finally:
+        gc.enable()
     st = runner.fast_path.graph_stats
     assert st["captures"] >= 1 and st["replays"] > st["captures"] and runner.fast_path.graph_error is None
     assert rel(graphed.latent, eager.latent) < 1e-12
