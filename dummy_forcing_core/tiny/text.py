@@ -1,8 +1,8 @@
 """A tiny text encoder for the shapes world's prompts, trained with the video model.
 
 Words -> ids over a fixed vocabulary (the words the dataset's prompts use, a few synonyms,
-``<pad>`` / ``<unk>``, and ``,`` which separates objects); filler words ("a", "at", "on",
-...) are dropped. The encoder is learned word + position embeddings followed by a couple
+``<pad>`` / ``<unk>``, and ``,`` which separates objects); filler words ("a", "on",
+"moving", ...) are dropped. The encoder is learned word + position embeddings followed by a couple
 of small pre-norm transformer layers (so "red" can bind to the "circle" after it) and a
 final LayerNorm: ``[B, length] -> [B, length, dim]`` (default ``[B, 32, 64]``), the
 ``context`` that Wan's ``text_embedding`` (``Linear(text_dim, dim)``) takes in place of umT5.
@@ -25,30 +25,37 @@ from .dataset import BACKGROUND_COLORS, DIRECTIONS, OBJECT_COLORS, POSITIONS, SH
 
 __all__ = ["VOCAB", "FILLER", "SYNONYMS", "TextConfig", "words_of", "tokenize", "TextEncoder"]
 
-FILLER = {"a", "an", "the", "at", "on", "in", "and", "of", "is", "with", "moving"}
+# "at" is kept (since the second model): it marks the start position, so "at right moving
+# left" ([at, right, left]) and "at left moving right" ([at, left, right]) read apart and
+# "at top right falling" differs from "at top moving right". "background" ends every prompt
+# and says nothing. Old model files carry their own filler list.
+FILLER = {"a", "an", "the", "on", "in", "and", "of", "is", "with", "moving", "background"}
 SYNONYMS = {
     "grey": "gray", "falls": "falling", "down": "falling", "up": "rising", "rises": "rising", "large": "big",
     "tiny": "small", "quickly": "fast", "quick": "fast", "slow": "slowly", "centre": "center", "middle": "center",
     "box": "square", "ball": "circle", "dot": "circle",
 }
 
+# Word ids are stable: new words are appended, so a model trained on an older list can be
+# fine-tuned on this one (train.py maps embeddings by word).
+VOCAB: list[str] = [
+    "<pad>", "<unk>", ",",
+    "red", "green", "blue", "yellow", "cyan", "white", "circle", "square", "triangle", "small", "big", "slowly",
+    "fast", "black", "gray", "navy", "maroon", "olive", "teal", "right", "left", "falling", "rising", "down", "up",
+    "top", "center", "bottom", "gradient", "plain", "background",
+    "at",
+]
 
-def _dataset_words() -> list[str]:
-    words: list[str] = []
+
+def _check_vocab():
+    words = set(VOCAB)
     for group in (OBJECT_COLORS, SHAPES, SIZES, SPEEDS, BACKGROUND_COLORS):
-        words += list(group)
+        assert set(group) <= words, set(group) - words
     for phrase in list(DIRECTIONS) + list(POSITIONS.values()):
-        words += phrase.split()
-    words += ["gradient", "plain", "background", "down", "up"]
-    seen, out = set(FILLER), []
-    for w in words:
-        if w not in seen:
-            seen.add(w)
-            out.append(w)
-    return out
+        assert set(phrase.split()) - FILLER <= words, phrase
 
 
-VOCAB: list[str] = ["<pad>", "<unk>", ","] + _dataset_words()
+_check_vocab()
 
 
 @dataclass

@@ -267,6 +267,12 @@ class Trainer:
         self.warmup = tc["warmup_steps"]
         self.gen = torch.Generator(device=self.device).manual_seed(self.seed + 17)
         self._val = None
+        self.forward_fn = teacher_forcing_forward
+
+    def use_compile(self, on: bool = True):
+        """torch.compile the teacher-forcing forward (fuses the many small elementwise ops
+        around this small model's GEMMs); ``False`` goes back to eager."""
+        self.forward_fn = torch.compile(teacher_forcing_forward, dynamic=False) if on else teacher_forcing_forward
 
     def attend_fn(self, kind: str | None = None):
         kind = kind or self.attn
@@ -305,7 +311,7 @@ class Trainer:
                 eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=gen)
                 x_ctx = x0 + s_f[:, None, :, None, None] * (eps - x0)
                 t_ctx = 1000.0 * s_f
-            pred = teacher_forcing_forward(model, x_ctx, xt, t, ctx, attend, t_clean=t_ctx)
+            pred = self.forward_fn(model, x_ctx, xt, t, ctx, attend, t_clean=t_ctx)
         err = (pred.float() - target.float()) ** 2
         w0 = float(tc.get("first_chunk_weight", 1.0)) if augment else 1.0
         if w0 != 1.0:
@@ -351,14 +357,25 @@ class Trainer:
         return total / x0.shape[0]
 
     def load_resume(self, folder: str):
+        """Continue from a previous run's folder (``raw.safetensors`` + ``model.safetensors``)
+        or from a shipped model file / its folder (EMA weights only: they start both copies).
+        Text-encoder word embeddings are matched by word, so the vocabulary may have grown;
+        new words keep their fresh initialisation."""
         from safetensors.torch import load_file
 
-        for fname, (m, t) in (("raw.safetensors", (self.model, self.text)),
-                              ("model.safetensors", (self.ema_model, self.ema_text))):
-            sd = load_file(os.path.join(folder, fname))
+        ema_path = folder if folder.endswith(".safetensors") else os.path.join(folder, "model.safetensors")
+        raw_path = os.path.join(os.path.dirname(ema_path), "raw.safetensors")
+        if not os.path.exists(raw_path) or folder.endswith(".safetensors"):
+            raw_path = ema_path
+        meta = read_tiny_metadata(ema_path)
+        old_vocab = meta["config"]["text"]["vocab"]
+        for path, (m, t) in ((raw_path, (self.model, self.text)), (ema_path, (self.ema_model, self.ema_text))):
+            sd = load_file(path)
             m.load_state_dict({k: v.float() for k, v in sd.items() if not k.startswith("text_encoder.")})
-            t.load_state_dict({k[13:]: v.float() for k, v in sd.items() if k.startswith("text_encoder.")})
-        meta = read_tiny_metadata(os.path.join(folder, "model.safetensors"))
+            tsd = {k[13:]: v.float() for k, v in sd.items() if k.startswith("text_encoder.")}
+            tsd["embed.weight"] = _remap_embedding(tsd["embed.weight"], old_vocab, t.config.vocab,
+                                                   t.embed.weight.detach().float().cpu())
+            t.load_state_dict(tsd)
         info = meta["train_info"]
         self.step_count = meta["steps"]
         self.warmup = self.cfg["train"]["resume_warmup_steps"]
@@ -371,6 +388,16 @@ class Trainer:
         save_tiny(os.path.join(out, "raw.safetensors"), self.model, self.text, cfg,
                   steps=self.step_count, final_loss=final_loss, info=info)
         return {"model_bytes": size}
+
+
+def _remap_embedding(old: torch.Tensor, old_vocab: list[str], new_vocab: list[str], fresh: torch.Tensor) -> torch.Tensor:
+    """Rows of an embedding table for ``new_vocab``: a word's old row where it had one, else ``fresh``'s."""
+    index = {w: i for i, w in enumerate(old_vocab)}
+    out = fresh.clone()
+    for j, w in enumerate(new_vocab):
+        if w in index:
+            out[j] = old[index[w]]
+    return out
 
 
 def lr_at(cfg: dict, progress: float, step_in_run: int, warmup: int) -> float:
@@ -398,7 +425,12 @@ def main(argv=None):
     ap.add_argument("--config", default=None, help="JSON config (default: dummy_forcing_core/tiny/config.json)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
     ap.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flex"])
-    ap.add_argument("--resume", default=None, help="folder with model.safetensors + raw.safetensors of a previous run")
+    ap.add_argument("--resume", default=None,
+                    help="folder with model.safetensors + raw.safetensors of a previous run, or a model file "
+                         "(e.g. assets/tiny_model/model.safetensors) to fine-tune")
+    ap.add_argument("--restart-schedule", action="store_true",
+                    help="with --resume: start a new warm-up + cosine schedule instead of continuing the old one")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the forward (CUDA; falls back to eager)")
     ap.add_argument("--log-every", type=int, default=None)
     args = ap.parse_args(argv)
     if args.steps is None and args.minutes is None:
@@ -418,6 +450,8 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = True
     attn = "sdpa" if (args.attn == "auto" and device.type != "cuda") else args.attn
     trainer = Trainer(cfg, device, attn="sdpa" if attn == "auto" else attn)
+    if args.compile:
+        trainer.use_compile()
     n_params = sum(p.numel() for p in trainer.model.parameters())
     n_text = sum(p.numel() for p in trainer.text.parameters())
     print(f"model: {n_params / 1e6:.2f} M params (text encoder {n_text / 1e3:.1f} k); fp16 file ~"
@@ -429,6 +463,10 @@ def main(argv=None):
         info = trainer.load_resume(args.resume)
         prior = {"steps": trainer.step_count, "seconds": float(info.get("schedule_elapsed_s", 0.0)),
                  "log": info.get("log", [])}
+        if args.restart_schedule:
+            prior["log"] = prior["log"] + [{"step": trainer.step_count, "event": "schedule restarted",
+                                            "previous_schedule_s": prior["seconds"]}]
+            prior["seconds"] = 0.0
         print(f"resumed from {args.resume}: step {prior['steps']}, {prior['seconds']:.0f} s of schedule done", flush=True)
     budget = None if args.minutes is None else args.minutes * 60.0
     schedule_total = (args.schedule_minutes * 60.0) if args.schedule_minutes else (
@@ -479,7 +517,12 @@ def main(argv=None):
                 torch.cuda.empty_cache()
                 print(f"out of memory: batch -> {batch}", flush=True)
                 continue
-            except Exception as exc:  # FlexAttention may fail to compile on some setups
+            except Exception as exc:  # FlexAttention / torch.compile may fail on some setups
+                if trainer.forward_fn is not teacher_forcing_forward:
+                    print(f"torch.compile failed ({type(exc).__name__}: {exc}); running eager", flush=True)
+                    trainer.use_compile(False)
+                    timing.clear()
+                    continue
                 if kind != "flex":
                     raise
                 print(f"FlexAttention failed ({type(exc).__name__}: {exc}); using SDPA", flush=True)
@@ -524,6 +567,7 @@ def main(argv=None):
         "schedule_elapsed_s": round(prior["seconds"] + seconds, 1),
         "schedule_total_s": schedule_total, "batch": batch, "clips_seen": trainer.step_count * batch,
         "final_loss": round(last_loss, 5), "final_val_loss_ema": round(val, 5), "attention": trainer.attn,
+        "compiled": trainer.forward_fn is not teacher_forcing_forward,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "python": sys.version.split()[0], "resumed_from_step": prior["steps"],

@@ -90,3 +90,26 @@ def test_recipe_knobs_context_noise_and_first_chunk_weight():
     assert math.isfinite(float(aug)) and float(aug) != float(plain) and float(aug) == float(again)
     losses = [float(tr.step(x0, tokens, lr=3e-3)) for _ in range(3)]
     assert all(math.isfinite(v) for v in losses)
+
+
+def test_resume_from_a_model_file_with_an_older_vocabulary(tmp_path):
+    """Fine-tuning a shipped file whose vocabulary lacks a word: word embeddings follow the
+    word, both weight copies start from the file, the step count carries on."""
+    cfg = load_config(None, SMALL)
+    old_cfg = load_config(None, SMALL)
+    old_cfg["text"]["vocab"] = [w for w in Trainer(cfg).text.config.vocab if w != "red"]
+    old = Trainer(old_cfg)
+    path = str(tmp_path / "old.safetensors")
+    save_tiny(path, old.ema_model, old.ema_text, {k: v for k, v in old_cfg.items() if k not in ("model", "text")},
+              steps=7)
+    new = Trainer(cfg)
+    fresh_red = new.text.embed.weight[new.text.config.vocab.index("red")].detach().clone()
+    new.load_resume(path)
+    assert new.step_count == 7
+    for w in ("blue", "circle", ","):
+        want = old.ema_text.embed.weight[old_cfg["text"]["vocab"].index(w)].half().float()
+        for t in (new.text, new.ema_text):
+            assert torch.equal(t.embed.weight[t.config.vocab.index(w)].detach(), want)
+    assert torch.equal(new.text.embed.weight[new.text.config.vocab.index("red")].detach(), fresh_red)
+    k = "blocks.0.self_attn.q.weight"
+    assert torch.equal(new.model.state_dict()[k], new.ema_model.state_dict()[k])
