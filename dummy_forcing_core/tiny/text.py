@@ -30,6 +30,8 @@ __all__ = ["VOCAB", "FILLER", "SYNONYMS", "TextConfig", "words_of", "tokenize", 
 # "at top right falling" differs from "at top moving right". "background" ends every prompt
 # and says nothing. Old model files carry their own filler list.
 FILLER = {"a", "an", "the", "on", "in", "and", "of", "is", "with", "moving", "background"}
+# what the first model dropped (its file has no filler list of its own)
+FILLER_V1 = {"a", "an", "the", "at", "on", "in", "and", "of", "is", "with", "moving"}
 SYNONYMS = {
     "grey": "gray", "falls": "falling", "down": "falling", "up": "rising", "rises": "rising", "large": "big",
     "tiny": "small", "quickly": "fast", "quick": "fast", "slow": "slowly", "centre": "center", "middle": "center",
@@ -75,7 +77,10 @@ class TextConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TextConfig":
         keys = {"dim", "length", "layers", "heads", "ffn", "vocab", "filler", "synonyms"}
-        return cls(**{k: v for k, v in d.items() if k in keys})
+        kw = {k: v for k, v in d.items() if k in keys}
+        if "vocab" in kw and "filler" not in kw:  # a first-model file: its own filler list
+            kw["filler"] = sorted(FILLER_V1)
+        return cls(**kw)
 
 
 def words_of(prompt: str, filler=None, synonyms=None) -> list[str]:
