@@ -288,7 +288,8 @@ class Trainer:
             tokens = tokens.pin_memory().to(self.device, non_blocking=True)
         return self.codec.encode(video), tokens.to(self.device)
 
-    def loss(self, model, text, x0, tokens, attend, sigma=None, generator=None, augment: bool = False):
+    def loss(self, model, text, x0, tokens, attend, sigma=None, generator=None, augment: bool = False,
+             forward=None):
         """Flow-matching loss. ``augment`` (training only) applies the optional recipe knobs of
         ``train``: ``context_noise`` (> 0: with probability ``context_noise_prob`` a context
         chunk is noised to sigma ~ U(0, context_noise) at timestep 1000 sigma, so the model
@@ -311,7 +312,7 @@ class Trainer:
                 eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=gen)
                 x_ctx = x0 + s_f[:, None, :, None, None] * (eps - x0)
                 t_ctx = 1000.0 * s_f
-            pred = self.forward_fn(model, x_ctx, xt, t, ctx, attend, t_clean=t_ctx)
+            pred = (forward or self.forward_fn)(model, x_ctx, xt, t, ctx, attend, t_clean=t_ctx)
         err = (pred.float() - target.float()) ** 2
         w0 = float(tc.get("first_chunk_weight", 1.0)) if augment else 1.0
         if w0 != 1.0:
@@ -353,7 +354,8 @@ class Trainer:
         for i in range(0, x0.shape[0], 32):
             g = torch.Generator(device=self.device).manual_seed(1234 + i)
             total += float(self.loss(self.ema_model, self.ema_text, x0[i:i + 32], tokens[i:i + 32],
-                                     self.attend_fn(), sigma[i:i + 32], g)) * x0[i:i + 32].shape[0]
+                                     self.attend_fn(), sigma[i:i + 32], g,
+                                     forward=teacher_forcing_forward)) * x0[i:i + 32].shape[0]  # eager: no recompile
         return total / x0.shape[0]
 
     def load_resume(self, folder: str):
