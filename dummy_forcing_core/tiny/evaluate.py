@@ -181,15 +181,18 @@ def to_markdown(res: dict) -> str:
         "'PSNR after switch' covers only the frames after it. World metrics track each prompted object by colour: "
         "persistence = share of frames where it is found (>= 25% of its expected area), size CV = variation of its "
         "area, speed = mean centroid step (px/frame), jerk = mean |second difference| (px/frame^2), teleport = share of "
-        "steps > 4 px, boundary jump = mean step across chunk boundaries / mean step inside chunks. "
+        "steps > 4 px, boundary jump = mean step across chunk boundaries / mean step inside chunks; prompt following: "
+        "direction = cosine between each object's motion over frames 0-5 and the prompted direction (0 when it does "
+        "not move or is lost), start cell = share of objects found at frame 0 in the prompted 3 x 3 cell. "
         "KV = cache held at the end (the full cache holds 21 frames: the last chunk is never cached). "
         "Times per chunk are in the JSON only: on a CPU shared with other work they are noise, and this model is "
         "too small for attention to dominate its time (see bench/ for speed).",
         "",
-        "| setting | PSNR dB | PSNR after switch | min PSNR | SSIM | persistence | size CV | speed | jerk | teleport | boundary jump | KV held | attn FLOPs |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| setting | PSNR dB | PSNR after switch | min PSNR | SSIM | persistence | size CV | speed | jerk | teleport | boundary jump | direction | start cell | KV held | attn FLOPs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| ground-truth clips | | | | | {gt['persistence']:.3f} | {gt['size_cv']:.3f} | {gt['speed']:.3f} | "
-        f"{gt['jerk']:.3f} | {gt['teleport']:.3f} | {gt['boundary_jump']:.2f} | | |",
+        f"{gt['jerk']:.3f} | {gt['teleport']:.3f} | {gt['boundary_jump']:.2f} | {_fmt(gt.get('direction'), '.2f')} | "
+        f"{_fmt(gt.get('start_cell'), '.2f')} | | |",
     ]
     for r in res["table"]:
         full = r["name"] == "full cache"
@@ -198,7 +201,8 @@ def to_markdown(res: dict) -> str:
             f"{'ref' if full else _fmt(r.get('psnr_after_switch'), '.2f')} | {'' if full else _fmt(r['psnr_min'], '.2f')} | "
             f"{'ref' if full else _fmt(r['ssim'], '.4f')} | {_fmt(r['persistence'], '.3f')} | {_fmt(r['size_cv'], '.3f')} | "
             f"{_fmt(r['speed'], '.3f')} | {_fmt(r['jerk'], '.3f')} | {_fmt(r['teleport'], '.3f')} | "
-            f"{_fmt(r['boundary_jump'], '.2f')} | {format_bytes(r['kv_bytes'])} | {r['attn_flops_pct']:.0f}% |")
+            f"{_fmt(r['boundary_jump'], '.2f')} | {_fmt(r.get('direction'), '.2f')} | {_fmt(r.get('start_cell'), '.2f')} | "
+            f"{format_bytes(r['kv_bytes'])} | {r['attn_flops_pct']:.0f}% |")
     hp = res["head_profile"]
     n_heads = res["model"]["layers"] * res["model"]["heads"]
     lines += [
