@@ -50,6 +50,9 @@ def test_full_cache_makes_a_moving_object_and_dummy_forcing_stays_close(tiny, tm
     assert found.mean() >= 0.75, found
     idx = np.where(found)[0]
     assert np.linalg.norm(centers[idx[-1]] - centers[idx[0]]) >= 3.0
+    # in the prompted direction ("moving right"): mostly along +x
+    dx, dy = centers[idx[-1]] - centers[idx[0]]
+    assert dx >= 3.0 and abs(dy) < 0.5 * dx, (dx, dy)
     steps = np.linalg.norm(np.diff(centers[idx], axis=0), axis=-1)
     assert np.nanmax(steps) < 6.0  # no teleporting
     # the prompted background colour
@@ -61,7 +64,7 @@ def test_full_cache_makes_a_moving_object_and_dummy_forcing_stays_close(tiny, tm
 
     # Dummy Forcing at 50%: chunks 0-1 identical (full cache until after ar_start), then close
     assert torch.equal(full[:, :6], dfv[:, :6])
-    assert psnr(dfv, full) >= 30.0
+    assert psnr(dfv, full) >= 27.0  # measured 30.2; 50% dummy heads chosen at random: ~22 dB
     assert ssim(dfv, full) >= 0.85
     assert _track(dfv, "red")[0].mean() >= 0.5
     fs, ds = r["full_stats"], r["df_stats"]
@@ -72,11 +75,14 @@ def test_full_cache_makes_a_moving_object_and_dummy_forcing_stays_close(tiny, tm
     assert os.path.getsize(gif) > 1000
 
 
-def test_prompt_colour_is_followed(tiny):
+def test_prompt_colour_and_direction_are_followed(tiny):
     model, text = tiny
     r = run_pair(model, text, YELLOW, seed=0, frames=9, warmup=False)
-    found, _, _ = _track(r["full"], "yellow")
+    found, centers, _ = _track(r["full"], "yellow")
     assert found.mean() >= 0.75
+    idx = np.where(found)[0]
+    dx, dy = centers[idx[-1]] - centers[idx[0]]  # "moving down right": +x and +y (y down)
+    assert dx >= 2.0 and dy >= 1.5, (dx, dy)
     assert _track(r["full"], "red")[2].max() < 0.25 * BIG_AREA
     med = r["full"].flatten(1).median(1).values.numpy()
     assert np.abs(med - rgb_unit(BACKGROUND_COLORS["black"])).max() < 0.1
