@@ -358,6 +358,7 @@ def op_profile(runner, ctx, hw, dev, log, passes=2):
             log(f"  {r[0]:7.2f} ms  {r[1]:4d}x  {r[2][:110]}")
     except Exception as err:  # noqa: BLE001
         log(f"op profile failed: {err}")
+    runner.end_video()  # the CUDA graphs captured here hold this cache until dropped
     del cache
     return res
 
