@@ -290,9 +290,14 @@ def render(specs: list[ClipSpec], device="cpu", return_visible: bool = False):
 # prompts -> specs (for user prompts: which colours to track) and colour tracking
 
 
+_CELL_OF = {words: cell for cell, words in POSITIONS.items()}
+
+
 def spec_from_prompt(prompt: str) -> list[dict]:
-    """Parse the objects a prompt names (colour, shape, size, direction word) in order.
-    Unknown words are ignored; returns a list of dicts with the keys that were found."""
+    """Parse the objects a prompt names, in order: ``color``, ``shape``, ``size``, and where
+    the prompt says them ``direction`` (unit (dx, dy), y down) and start ``cell`` ((column,
+    row) of the 3 x 3 grid, from "at <position>"). Unknown words are ignored; returns a list
+    of dicts with the keys that were found."""
     out = []
     for part in re.split(r",", prompt.lower()):
         words = re.findall(r"[a-z]+", part)
@@ -304,6 +309,16 @@ def spec_from_prompt(prompt: str) -> list[dict]:
                 d["shape"] = w
             elif w in SIZES:
                 d["size"] = w
+        text = " ".join(words)
+        for phrase in sorted(DIRECTIONS, key=len, reverse=True):
+            if re.search(rf"\b{phrase}\b", text):
+                v = np.asarray(DIRECTIONS[phrase], dtype=np.float64)
+                d["direction"] = v / np.linalg.norm(v)
+                break
+        for place in sorted(_CELL_OF, key=len, reverse=True):
+            if re.search(rf"\bat {place}\b", text):
+                d["cell"] = _CELL_OF[place]
+                break
         if "color" in d or "shape" in d:
             out.append(d)
     return out

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dataset import DIRECTIONS, OBJECT_COLORS, POSITIONS, SIZES, rgb_unit, spec_from_prompt, track_colors
+from .dataset import OBJECT_COLORS, SIZES, rgb_unit, spec_from_prompt, track_colors
 
 __all__ = ["psnr", "ssim", "expected_area", "WORLD_KEYS", "world_metrics", "mean_metrics"]
 
@@ -77,28 +77,6 @@ def expected_area(shape: str | None, size: str | None, frame_size: int = 32) -> 
 
 WORLD_KEYS = ("persistence", "size_cv", "speed", "jerk", "teleport", "boundary_jump", "direction", "start_cell")
 
-_CELL_OF = {words: cell for cell, words in POSITIONS.items()}
-
-
-def prompted_motion(prompt: str) -> list[dict]:
-    """Per comma-separated object of a prompt: its ``direction`` (unit (dx, dy), y down) and
-    start ``cell`` ((column, row) of the 3 x 3 grid) where the prompt says them."""
-    out = []
-    for part in prompt.lower().split(","):
-        d: dict = {}
-        for phrase in sorted(DIRECTIONS, key=len, reverse=True):
-            if phrase in part:
-                v = np.asarray(DIRECTIONS[phrase], dtype=np.float64)
-                d["direction"] = v / np.linalg.norm(v)
-                break
-        for words in sorted(_CELL_OF, key=len, reverse=True):
-            if f"at {words}" in part:
-                d["cell"] = _CELL_OF[words]
-                break
-        out.append(d)
-    return out
-
-
 def world_metrics(video: torch.Tensor, prompt: str, found_frac: float = 0.25, tol: float = 0.45,
                   chunk: int = 3, teleport_px: float = 4.0) -> dict:
     """Track the prompt's objects by colour in ``video`` [3, F, H, W] (in [-1, 1]).
@@ -134,24 +112,22 @@ def world_metrics(video: torch.Tensor, prompt: str, found_frac: float = 0.25, to
         if np.isfinite(acc).any():
             jerks.append(float(np.nanmean(acc)))
     nanmean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
-    motion = [m for m in prompted_motion(prompt) if "direction" in m or "cell" in m]
     dirs, cells = [], []
-    if len(motion) == len(objs):  # the prompt's objects, in order
-        for j, (o, m) in enumerate(zip(objs, motion)):
-            r = SIZES.get(o.get("size") or "small", SIZES["small"]) * S / 32.0
-            if "direction" in m:
-                idx = np.flatnonzero(found[:6, j])
-                cos = 0.0
-                if len(idx) >= 2:
-                    disp = cen[idx[-1], j] - cen[idx[0], j]
-                    n = np.linalg.norm(disp)
-                    cos = float(disp @ m["direction"] / n) if n > 0.5 else 0.0
-                dirs.append(cos)
-            if "cell" in m:
-                third = (S - 2 * r) / 3.0
-                ok = bool(found[0, j]) and all(
-                    m["cell"][a] == min(2, max(0, int((cen[0, j, a] - r) // third))) for a in range(2))
-                cells.append(float(ok))
+    for j, o in enumerate(objs):
+        r = SIZES.get(o.get("size") or "small", SIZES["small"]) * S / 32.0
+        if "direction" in o:
+            idx = np.flatnonzero(found[:6, j])
+            cos = 0.0
+            if len(idx) >= 2:
+                disp = cen[idx[-1], j] - cen[idx[0], j]
+                n = np.linalg.norm(disp)
+                cos = float(disp @ o["direction"] / n) if n > 0.5 else 0.0
+            dirs.append(cos)
+        if "cell" in o:
+            third = (S - 2 * r) / 3.0
+            ok = bool(found[0, j]) and all(
+                o["cell"][a] == min(2, max(0, int((cen[0, j, a] - r) // third))) for a in range(2))
+            cells.append(float(ok))
     tele = float(np.mean(np.asarray(all_steps) > teleport_px)) if all_steps else float("nan")
     bj = float(np.mean(cross) / max(np.mean(inner), 1e-6)) if cross and inner else float("nan")
     return {"persistence": float(found.mean()), "size_cv": nanmean(cvs), "speed": nanmean(speeds),

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dataset import BACKGROUND_COLORS, DIRECTIONS, OBJECT_COLORS, POSITIONS, SHAPES, SIZES, SPEEDS
 
 __all__ = ["VOCAB", "FILLER", "SYNONYMS", "TextConfig", "words_of", "tokenize", "TextEncoder"]
 
@@ -49,15 +48,6 @@ VOCAB: list[str] = [
 ]
 
 
-def _check_vocab():
-    words = set(VOCAB)
-    for group in (OBJECT_COLORS, SHAPES, SIZES, SPEEDS, BACKGROUND_COLORS):
-        assert set(group) <= words, set(group) - words
-    for phrase in list(DIRECTIONS) + list(POSITIONS.values()):
-        assert set(phrase.split()) - FILLER <= words, phrase
-
-
-_check_vocab()
 
 
 @dataclass

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from dummy_forcing_core.tiny.codec import PixelCodec, to_uint8
-from dummy_forcing_core.tiny.dataset import OBJECT_COLORS, ShapesWorld, render, spec_from_prompt, track_colors
+from dummy_forcing_core.tiny.dataset import DIRECTIONS, OBJECT_COLORS, POSITIONS, ShapesWorld, render, spec_from_prompt, track_colors
 from dummy_forcing_core.tiny.text import VOCAB, TextConfig, TextEncoder, tokenize, words_of
 
 
@@ -55,6 +55,10 @@ def test_tracking_finds_the_objects():
         assert np.nanmax(err) < 1.0
         parsed = spec_from_prompt(prompt)
         assert [p["color"] for p in parsed] == truth.color_names
+        for p, o in zip(parsed, w.spec(i).objects):  # direction and start cell read back
+            assert p["cell"] == next(c for c, words in POSITIONS.items() if words == o.position_word)
+            d = np.asarray(DIRECTIONS[o.direction_word], dtype=float)
+            assert np.allclose(p["direction"], d / np.linalg.norm(d))
 
 
 def test_codec_round_trip_is_exact():
