@@ -36,10 +36,10 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig  # noqa: E402
-from dummy_forcing_core.fast_path import FastOptions  # noqa: E402
+from dummy_forcing_core.fused_forward import FastOptions  # noqa: E402
 from dummy_forcing_core.kv_cache import FULL, Retention  # noqa: E402
 from dummy_forcing_core.sampler import SamplerSettings, generate  # noqa: E402
-from dummy_forcing_core.transformer import ChunkRunner  # noqa: E402
+from dummy_forcing_core.chunk_runner import ChunkRunner  # noqa: E402
 from dummy_forcing_core.wan_model import WAN21_1_3B, WanConfig, WanModel  # noqa: E402
 
 # latent (height, width) per resolution: Wan VAE /8, patch 2x2 -> tokens per frame = h*w/4

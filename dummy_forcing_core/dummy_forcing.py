@@ -1,151 +1,223 @@
-"""Dummy Forcing inside a generation: profile at ``ar_start``, program heads, regroup the cache.
+"""Dummy Forcing inside a video: profile at ``ar_start``, program heads, regroup the cache.
 
 Until chunk ``ar_start`` the model runs with the base cache (full, or sink + window). The
-clean pass of chunk ``ar_start`` is profiled (unless a :class:`HeadProfile` is given); the
-heads are then programmed and every layer's cache is regrouped so that, from the next
-chunk on:
+cache pass of chunk ``ar_start`` is profiled (unless a :class:`HeadProfile` is given); the
+heads are then programmed and every layer's cache is regrouped so that, from the next chunk
+on, each head keeps what its type keeps (:meth:`DummyForcingConfig.head_retentions`, the
+one table of it):
 
-| type     | attends to                         | keeps                                |
-| sink     | first ``sink_frames`` + chunk      | the sink frames                      |
-| neighbor | last ``neighbor_chunks`` chunks    | a rolling window of L chunks (or     |
-|          | + chunk                            | ``long_context_frames`` frames)      |
-| dummy    | packing on: last ``sink_frames``   | those frames (a rolling window)      |
-|          | frames + chunk; off: chunk only    | nothing                              |
+| type     | attends to                           | keeps                                        |
+| sink     | first ``sink_frames`` + chunk        | the sink frames                              |
+| neighbor | last ``neighbor_chunks`` chunks      | a rolling window of L chunks (or             |
+|          | + chunk                              | ``long_context_frames`` frames)              |
+| dummy    | packing on: the *dummy window* (last | those frames; packing off: nothing           |
+|          | ``sink_frames`` frames) + chunk      |                                              |
 
-With packing, sink and dummy heads hold the same number of frames and share one
-attention call (one head group, two row segments); neighbor heads are the second call.
-With ``sink_frames`` = 1 (the paper's setting) a dummy head sees the most recent frame.
+With packing, sink and dummy heads hold the same number of frames and share one attention
+call (one head group, two row segments); neighbor heads are the second call. With
+``sink_frames`` = 1 (the paper's setting) a dummy head sees the most recent frame.
+
+Setting names are Apply Dummy Forcing's widget names; errors are
+:class:`~dummy_forcing_core.errors.SettingError` s of owner ``"dummy_forcing"``.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 
 import torch
 
+from .attention_profiler import AttentionProfiler
+from .chunk_plan import ChunkPlan
+from .errors import SettingError
+from .geometry import ModelGeometry
+from .head_profile import HeadProfile
 from .head_program import HeadType, program_heads, resolve_dummy_count
 from .kv_cache import GroupSpec, Retention
-from .profile import HeadProfile
-from .profiler import AttentionProfiler
 
-__all__ = ["DummyForcingConfig", "DummyForcingController", "layer_group_specs", "profile_heads"]
+__all__ = ["DummyForcingConfig", "DummyForcingPolicy", "layer_group_specs"]
 
-SCOPES = ("global", "per_layer")
+OWNER = "dummy_forcing"
+
+
+def _err(name: str, message: str) -> SettingError:
+    return SettingError(OWNER, name, message)
 
 
 @dataclass(frozen=True)
 class DummyForcingConfig:
-    """dummy_heads: a fraction of all heads (float in [0, 1]) or a count (int).
-    scope: pick dummy heads over all layers ("global", the authors' choice) or "per_layer".
-    normalise: the authors' normalised cost (a_sink, a_neighbor divided by their sums).
-    ar_start: the generated chunk whose clean pass is profiled; the per-head cache starts after it.
-    neighbor_chunks: L, chunks a neighbor head keeps. sink_frames: frames a sink head keeps.
-    packing: dummy heads see the last ``sink_frames`` frames and share the sink heads' call.
-    sample_fraction / profile_seed: query rows sampled when profiling.
-    long_context_frames: > 0 gives neighbor heads this many frames instead of L chunks.
-    profile: a HeadProfile to use instead of profiling online."""
+    """Apply Dummy Forcing's settings (same names as its widgets).
 
-    dummy_heads: float | int = 0.5
+    dummy_heads: fraction of all heads made dummy (used when dummy_head_count is 0).
+    dummy_head_count: exact number of dummy heads (0: use the fraction).
+    scope: pick dummy heads over all layers ("global", the authors') or "per_layer".
+    normalised_cost: the authors' normalised cost (a_sink, a_neighbor divided by their sums).
+    ar_start: the generated chunk whose cache pass is profiled; per-head caching from the next.
+    neighbor_chunks: L, chunks a neighbor head keeps. sink_frames: frames a sink head keeps
+    (and, with packing, the length of the dummy window).
+    context_packing: dummy heads see the dummy window and share the sink heads' call.
+    profile_sample_fraction / profile_seed: query rows sampled when profiling online.
+    long_context_frames: > 0 gives neighbor heads this many frames instead of L chunks.
+    head_profile: a HeadProfile used instead of profiling online."""
+
+    dummy_heads: float = 0.5
+    dummy_head_count: int = 0
     scope: str = "global"
-    normalise: bool = False
+    normalised_cost: bool = False
     ar_start: int = 1
     neighbor_chunks: int = 1
     sink_frames: int = 1
-    packing: bool = True
-    sample_fraction: float = 0.25
+    context_packing: bool = True
+    profile_sample_fraction: float = 0.25
     profile_seed: int = 0
     long_context_frames: int = 0
-    profile: HeadProfile | None = None
+    head_profile: HeadProfile | None = None
 
+    # -- the rules ------------------------------------------------------------------------------
     def neighbor_frames(self, chunk_frames: int) -> int:
         return self.long_context_frames if self.long_context_frames > 0 else self.neighbor_chunks * chunk_frames
 
-    def validate(self, geometry, chunk_frames: int, generated_chunks: int, base: Retention,
-                 history_at_switch: int) -> int:
-        """Check every setting against the model and the video; return the dummy head count."""
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
-        n = resolve_dummy_count(self.dummy_heads, geometry.num_layers, geometry.num_heads)
-        if self.scope == "per_layer" and -(-n // geometry.num_layers) > geometry.num_heads:
-            raise ValueError(f"dummy_heads={self.dummy_heads} needs more than {geometry.num_heads} dummy heads in a layer")
+    @property
+    def dummy_window_frames(self) -> int:
+        """The packed dummy window: recent frames a dummy head keeps (0 without packing)."""
+        return self.sink_frames if self.context_packing else 0
+
+    def head_retentions(self, chunk_frames: int) -> dict[HeadType, Retention]:
+        """What each head type keeps once the cache is per-head."""
+        return {HeadType.SINK: Retention(self.sink_frames, 0),
+                HeadType.NEIGHBOR: Retention(0, self.neighbor_frames(chunk_frames)),
+                HeadType.DUMMY: Retention(0, self.dummy_window_frames)}
+
+    # -- checks ---------------------------------------------------------------------------------
+    def check_model(self, geometry: ModelGeometry) -> int:
+        """Everything that depends on the model only; returns the dummy head count."""
+        for name in ("dummy_heads", "profile_sample_fraction"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise _err(name, f"'{name}' = {v!r} is not a finite number")
+        n = resolve_dummy_count(self.dummy_heads, self.dummy_head_count, geometry.num_layers, geometry.num_heads,
+                                self.scope)
         if self.neighbor_chunks < 1:
-            raise ValueError(f"neighbor_chunks (L) must be >= 1, got {self.neighbor_chunks}: a neighbor head with no "
-                             "history is a dummy head; raise dummy_heads instead")
+            raise _err("neighbor_chunks", f"'neighbor_chunks' (L) must be >= 1, got {self.neighbor_chunks}: a neighbor "
+                       "head with no history is a dummy head; raise 'dummy_heads' instead")
         if self.long_context_frames < 0:
-            raise ValueError(f"long_context_frames must be >= 0 (0 = off), got {self.long_context_frames}")
+            raise _err("long_context_frames", f"'long_context_frames' must be >= 0 (0 = off), got "
+                       f"{self.long_context_frames}")
         if self.sink_frames < 1:
-            raise ValueError(f"sink_frames must be >= 1, got {self.sink_frames}")
-        if not 0.0 < self.sample_fraction <= 1.0:
-            raise ValueError(f"profile sample fraction must be in (0, 1], got {self.sample_fraction}")
+            raise _err("sink_frames", f"'sink_frames' must be >= 1, got {self.sink_frames}")
+        if not 0.0 < self.profile_sample_fraction <= 1.0:
+            raise _err("profile_sample_fraction", f"'profile_sample_fraction' must be in (0, 1], got "
+                       f"{self.profile_sample_fraction}")
         if self.ar_start < 1:
-            raise ValueError(f"ar_start must be >= 1 (profiling needs at least one cached chunk), got {self.ar_start}")
-        if self.ar_start > generated_chunks - 2:
-            raise ValueError(f"ar_start={self.ar_start} is beyond the video: it generates {generated_chunks} chunks, so "
-                             f"ar_start must be <= {generated_chunks - 2} for any chunk to use Dummy Forcing; "
-                             "lower ar_start or make the video longer")
-        if self.sink_frames > history_at_switch:
-            raise ValueError(f"sink_frames={self.sink_frames} but only {history_at_switch} frames are cached at "
-                             f"ar_start={self.ar_start}; lower sink_frames or raise ar_start")
-        types = {HeadType.SINK, HeadType.NEIGHBOR, HeadType.DUMMY}
-        if self.profile is not None:
-            self.profile.check_compatible(geometry)
-            types = set(self.profile.assign(n, self.scope, self.normalise).flatten().tolist())
-        kept = set(base.kept_frame_ids(history_at_switch))
-        needs = {HeadType.SINK: (self.sink_frames, 0), HeadType.NEIGHBOR: (0, self.neighbor_frames(chunk_frames)),
-                 HeadType.DUMMY: (0, self.sink_frames if self.packing else 0)}
-        for t in sorted(types):
-            want = set(Retention(*needs[t]).kept_frame_ids(history_at_switch))
-            if not want <= kept:
-                raise ValueError(f"at ar_start={self.ar_start} the base cache ({base}) no longer holds frames "
-                                 f"{sorted(want - kept)} that {HeadType(t).name.lower()} heads keep; use a full base "
-                                 "cache, a larger base sink/window, or smaller sink_frames / neighbor window")
+            raise _err("ar_start", f"'ar_start' must be >= 1 (profiling needs at least one cached chunk), got "
+                       f"{self.ar_start}")
+        if self.head_profile is not None:
+            if not isinstance(self.head_profile, HeadProfile):
+                raise _err("head_profile", f"the 'head_profile' input is a {type(self.head_profile).__name__}, not a "
+                           "head profile; connect Profile Heads or Load Head Profile")
+            try:
+                self.head_profile.check_compatible(geometry)
+            except ValueError as e:
+                raise _err("head_profile", f"the 'head_profile' input does not fit this model: {e}") from e
         return n
 
+    def check_video(self, geometry: ModelGeometry, plan: ChunkPlan, base: Retention) -> int:
+        """Everything that depends on the video as well; returns the dummy head count."""
+        n = self.check_model(geometry)
+        a, chunk = self.ar_start, plan.chunk_frames
+        if a > len(plan.chunks) - 2:
+            need = a + 2
+            frames = plan.start_frames + (need - 1) * chunk + 1
+            fix = "make the video longer" if a == 1 else "lower 'ar_start' or make the video longer"
+            raise _err("ar_start",
+                       f"this video generates {len(plan.chunks)} chunk(s) of {chunk} latent frames, but Dummy Forcing "
+                       f"with 'ar_start' = {a} profiles chunk {a} and switches to per-head caching from chunk {a + 1}, "
+                       f"so it needs at least {need} chunks: {frames} latent frames (length {4 * (frames - 1) + 1} "
+                       f"video frames) or more. {fix[0].upper() + fix[1:]}, or leave Apply Dummy Forcing out for "
+                       "videos this short")
+        history = plan.chunks[a][0] + plan.chunks[a][1]  # cached frames when the cache is regrouped
+        if self.sink_frames > history:
+            raise _err("sink_frames", f"'sink_frames' = {self.sink_frames} but only {history} frames are cached at "
+                       f"'ar_start' = {a}; lower 'sink_frames' or raise 'ar_start'")
+        types = set(HeadType)
+        if self.head_profile is not None:
+            types = {HeadType(int(t)) for t in self.assign(self.head_profile.scores, n).flatten().tolist()}
+        kept = set(base.kept_frame_ids(history))
+        blame = {HeadType.SINK: "sink_frames", HeadType.NEIGHBOR: "long_context_frames" if self.long_context_frames
+                 else "neighbor_chunks", HeadType.DUMMY: "sink_frames"}
+        for t, ret in sorted(self.head_retentions(chunk).items()):
+            if t not in types:
+                continue
+            missing = sorted(set(ret.kept_frame_ids(history)) - kept)
+            if missing:
+                raise _err(blame[t], f"at 'ar_start' = {a} the base cache ({base.describe()}) no longer holds frames "
+                           f"{missing} that {t.label} heads keep ('{blame[t]}'); use the full base cache, a larger "
+                           "base sink / window, or a smaller '" + blame[t] + "'")
+        return n
 
-def layer_group_specs(types: list[int], cfg: DummyForcingConfig, chunk_frames: int) -> list[GroupSpec]:
-    """Head groups of one layer from its head types."""
-    sink = [h for h, t in enumerate(types) if t == HeadType.SINK]
-    dummy = [h for h, t in enumerate(types) if t == HeadType.DUMMY]
-    neigh = [h for h, t in enumerate(types) if t == HeadType.NEIGHBOR]
-    S = cfg.sink_frames
-    specs = []
-    if cfg.packing:
-        if sink or dummy:
-            specs.append(GroupSpec(sink + dummy, [(len(sink), Retention(S, 0)), (len(dummy), Retention(0, S))],
-                                   "sink+dummy"))
+    # -- use --------------------------------------------------------------------------------------
+    def assign(self, scores: torch.Tensor, num_dummy: int) -> torch.Tensor:
+        """Head types [L, H] from scores [L, H, 3]."""
+        return program_heads(scores, num_dummy, self.scope, self.normalised_cost)
+
+    def describe(self) -> dict:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "head_profile"}
+        d["head_profile"] = "given" if self.head_profile is not None else "online"
+        return d
+
+    def start(self, geometry: ModelGeometry, plan: ChunkPlan, base: Retention) -> "DummyForcingPolicy":
+        return DummyForcingPolicy(self, geometry, plan, base, self.check_video(geometry, plan, base))
+
+
+def layer_group_specs(types: list[int], retentions: dict[HeadType, Retention], packing: bool) -> list[GroupSpec]:
+    """Head groups of one layer from its head types: with packing sink + dummy heads share
+    one group (two row segments of equal length), neighbor heads are another."""
+    heads = {t: [h for h, x in enumerate(types) if x == t] for t in HeadType}
+    sink, dummy, neigh = heads[HeadType.SINK], heads[HeadType.DUMMY], heads[HeadType.NEIGHBOR]
+    r = retentions
+    if packing:
+        specs = [GroupSpec(sink + dummy, [(len(sink), r[HeadType.SINK]), (len(dummy), r[HeadType.DUMMY])],
+                           "sink+dummy")]
     else:
-        if sink:
-            specs.append(GroupSpec(sink, [(len(sink), Retention(S, 0))], "sink"))
-        if dummy:
-            specs.append(GroupSpec(dummy, [(len(dummy), Retention(0, 0))], "dummy"))
-    if neigh:
-        specs.append(GroupSpec(neigh, [(len(neigh), Retention(0, cfg.neighbor_frames(chunk_frames)))], "neighbor"))
+        specs = [GroupSpec(sink, [(len(sink), r[HeadType.SINK])], "sink"),
+                 GroupSpec(dummy, [(len(dummy), r[HeadType.DUMMY])], "dummy")]
+    specs.append(GroupSpec(neigh, [(len(neigh), r[HeadType.NEIGHBOR])], "neighbor"))
     return [s for s in specs if s.heads]
 
 
-class DummyForcingController:
-    """Runs Dummy Forcing's once-per-video steps for the sampler."""
+class DummyForcingPolicy:
+    """Dummy Forcing's once-per-video steps (the cache-policy protocol of ``cache_policy.py``)."""
 
-    def __init__(self, cfg: DummyForcingConfig, geometry, chunk_frames: int, chunks: list[tuple[int, int]],
-                 base: Retention):
-        """chunks: the generated chunks as (first frame, frames); validates everything up front."""
-        self.cfg = cfg
-        self.geometry = geometry
-        self.chunk_frames = chunk_frames
-        a = min(max(cfg.ar_start, 0), len(chunks) - 1)
-        history_at_switch = chunks[a][0] + chunks[a][1]
-        self.num_dummy = cfg.validate(geometry, chunk_frames, len(chunks), base, history_at_switch)
+    last_chunk = None
+
+    def __init__(self, cfg: DummyForcingConfig, geometry: ModelGeometry, plan: ChunkPlan, base: Retention,
+                 num_dummy: int):
+        self.cfg, self.geometry, self.plan, self.base, self.num_dummy = cfg, geometry, plan, base, num_dummy
+        self.retentions = cfg.head_retentions(plan.chunk_frames)
         self.profiler: AttentionProfiler | None = None
         self.assignment: torch.Tensor | None = None
         self.scores: torch.Tensor | None = None
 
+    def base_capacity(self) -> int | None:
+        # the base layout only lives until the regroup after chunk ar_start's cache pass
+        return self.base.capacity_for(self.plan.history_before(self.cfg.ar_start) + 1, self.plan.max_piece)
+
+    def head_frames_bound(self) -> int:
+        total, piece = self.plan.total_frames, self.plan.max_piece
+        cap = {t: r.capacity_for(total, piece) for t, r in self.retentions.items()}
+        heads = self.geometry.total_heads
+        kept = self.num_dummy * cap[HeadType.DUMMY] + (heads - self.num_dummy) * max(cap[HeadType.SINK],
+                                                                                      cap[HeadType.NEIGHBOR])
+        return heads * self.base_capacity() + kept  # both layouts exist while regrouping
+
     def probe_for(self, chunk: int):
-        if chunk != self.cfg.ar_start or self.cfg.profile is not None:
+        if chunk != self.cfg.ar_start or self.cfg.head_profile is not None:
             return None
         g = self.geometry
         self.profiler = AttentionProfiler(g.num_layers, g.num_heads, self.cfg.sink_frames,
-                                          self.cfg.sample_fraction, self.cfg.profile_seed)
+                                          self.cfg.profile_sample_fraction, self.cfg.profile_seed)
         return self.profiler
 
     def after_commit(self, chunk: int, cache, stats) -> None:
@@ -154,14 +226,14 @@ class DummyForcingController:
         if cache.device.type == "cuda":  # once per video: the profiled pass finishes outside the regroup timer
             torch.cuda.synchronize(cache.device)
         t0 = time.perf_counter()
-        if self.cfg.profile is not None:
-            self.scores = self.cfg.profile.scores
+        if self.cfg.head_profile is not None:
+            self.scores = self.cfg.head_profile.scores
         else:
             self.scores = self.profiler.scores()
             stats.profile_seconds = self.profiler.elapsed_s
-        self.assignment = program_heads(self.scores, self.num_dummy, self.cfg.scope, self.cfg.normalise)
+        self.assignment = self.cfg.assign(self.scores, self.num_dummy)
         types = self.assignment.tolist()
-        cache.regroup([layer_group_specs(t, self.cfg, self.chunk_frames) for t in types])
+        cache.regroup([layer_group_specs(t, self.retentions, self.cfg.context_packing) for t in types])
         if cache.device.type == "cuda":
             torch.cuda.synchronize(cache.device)
         stats.regroup_seconds = time.perf_counter() - t0
@@ -169,50 +241,5 @@ class DummyForcingController:
         stats.head_types = types
         stats.head_scores = self.scores.tolist()
 
-
-class _ProfileChunks:
-    """Observer for :func:`generate`: hands the profiler to the cache passes of ``chunks``."""
-
-    def __init__(self, profiler: AttentionProfiler, chunks: range):
-        self.profiler, self.chunks = profiler, chunks
-
-    def probe_for(self, chunk: int):
-        return self.profiler if chunk in self.chunks else None
-
-    def after_commit(self, chunk, cache, stats):
-        pass
-
-
-def profile_heads(runner, contexts: list[torch.Tensor], shape, settings, seeds: list[int], ar_start: int = 1,
-                  num_chunks: int = 1, sink_frames: int = 1, sample_fraction: float = 0.25, profile_seed: int = 0,
-                  callback=None) -> HeadProfile:
-    """Offline profiling: generate with the base cache for every prompt context x seed, profile
-    the clean passes of chunks ``ar_start .. ar_start + num_chunks - 1`` and average them into a
-    reusable :class:`HeadProfile`. ``shape`` = (B, C, F, H, W) of the videos to run."""
-    from .sampler import generate, plan_chunks
-
-    if not contexts:
-        raise ValueError("give at least one prompt to profile with")
-    if not seeds:
-        raise ValueError("give at least one seed to profile with")
-    _, chunks = plan_chunks(shape[2], settings.chunk_frames)
-    last = ar_start + num_chunks - 1
-    if ar_start < 1 or num_chunks < 1:
-        raise ValueError(f"ar_start must be >= 1 and chunks to profile >= 1, got {ar_start} and {num_chunks}")
-    if last > len(chunks) - 2:
-        raise ValueError(f"profiling chunks {ar_start}..{last} needs a latent of at least {last + 2} chunks "
-                         f"({(last + 2) * settings.chunk_frames} frames); the latent has {len(chunks)} chunks")
-    if sink_frames > ar_start * settings.chunk_frames:
-        raise ValueError(f"sink_frames={sink_frames} is more than the {ar_start * settings.chunk_frames} frames cached "
-                         f"before chunk ar_start={ar_start}")
-    g = runner.geometry
-    profiler = AttentionProfiler(g.num_layers, g.num_heads, sink_frames, sample_fraction, profile_seed)
-    observer = _ProfileChunks(profiler, range(ar_start, last + 1))
-    for ctx in contexts:
-        for seed in seeds:
-            run = dataclasses.replace(settings, seed=int(seed))
-            generate(runner, ctx, shape, run, observer=observer, stop_after_chunk=last, callback=callback)
-    return HeadProfile.from_profiler(profiler, g, {
-        "ar_start": ar_start, "chunks_profiled": num_chunks, "chunk_frames": settings.chunk_frames,
-        "prompts": len(contexts), "seeds": [int(s) for s in seeds], "latent_shape": list(shape),
-    })
+    def describe(self) -> dict | None:
+        return self.cfg.describe()

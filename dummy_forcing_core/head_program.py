@@ -1,4 +1,4 @@
-"""Dynamic head programming: which head becomes a sink, neighbor or dummy head.
+"""Head types and dynamic head programming: which head becomes a sink, neighbor or dummy head.
 
 With frame attention scores ``F_h = (a_sink, a_neighbor, a_current)`` per head, a head
 keeps ``a_sink + a_current`` as a sink head, ``a_neighbor + a_current`` as a neighbor head
@@ -7,15 +7,22 @@ heads is solved greedily (and optimally): ``cost_h = max(a_sink, a_neighbor)`` i
 head loses by becoming dummy; the ``N`` cheapest heads become dummy, every other head a sink
 head if ``a_sink >= a_neighbor`` else a neighbor head. Ties are broken by the flat head index
 ``layer * H + head`` (lower first), so the result is deterministic.
+
+This module is the one home of the head-type names (:class:`HeadType`, ``.label``), their
+counter (:func:`type_counts`) and the dummy-count check (:func:`resolve_dummy_count`) that
+Apply Dummy Forcing and the Dummy Forcing policy both call.
 """
 from __future__ import annotations
 
-import numbers
+import math
 from enum import IntEnum
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["HeadType", "resolve_dummy_count", "program_heads", "type_counts", "SCOPES"]
+from .errors import SettingError
+
+__all__ = ["HeadType", "SCOPES", "TypeCount", "resolve_dummy_count", "program_heads", "type_counts"]
 
 SCOPES = ("global", "per_layer")
 
@@ -25,26 +32,53 @@ class HeadType(IntEnum):
     NEIGHBOR = 1
     DUMMY = 2
 
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
-def resolve_dummy_count(value, num_layers: int, num_heads: int) -> int:
-    """The ``dummy_heads`` setting as a head count: an int is a count of heads (0..L*H), a
-    float a fraction of all heads in [0, 1] (rounded to the nearest count)."""
+
+class TypeCount(NamedTuple):
+    """Heads of each type in one layer."""
+
+    sink: int
+    neighbor: int
+    dummy: int
+
+
+def _check_quota(n: int, num_layers: int, num_heads: int, scope: str) -> None:
+    if scope not in SCOPES:
+        raise SettingError("dummy_forcing", "scope", f"'scope' must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if scope == "per_layer":
+        quota, extra = divmod(n, num_layers)
+        if quota > num_heads or (quota == num_heads and extra):
+            raise SettingError("dummy_forcing", "scope",
+                               f"{n} dummy heads with 'scope' per_layer need {quota + (1 if extra else 0)} in some "
+                               f"layer but a layer has only {num_heads} heads; use fewer dummy heads or scope global")
+
+
+def resolve_dummy_count(fraction: float, count: int, num_layers: int, num_heads: int, scope: str = "global") -> int:
+    """How many heads become dummy: ``count`` when > 0, else ``fraction`` (in [0, 1]) of all
+    ``num_layers x num_heads`` heads, rounded to the nearest count. Checks the range and, for
+    scope ``per_layer``, that every layer can hold its share."""
     total = int(num_layers) * int(num_heads)
     what = f"the model has {num_layers} layers x {num_heads} heads = {total} heads"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"dummy_heads must be a head count (int) or a fraction of all heads (float in [0, 1]), "
-                         f"got {value!r}")
-    if isinstance(value, numbers.Integral):
-        n = int(value)
-        if n < 0 or n > total:
-            raise ValueError(f"dummy_heads = {n} heads is out of range: {what}; use a count from 0 to {total} "
-                             f"or a fraction such as 0.5 (= {total // 2} heads)")
-        return n
-    f = float(value)
-    if not (0.0 <= f <= 1.0):
-        raise ValueError(f"dummy_heads = {value} is not a fraction in [0, 1]: {what}; use a fraction such as 0.5 "
-                         f"or a whole head count (int) from 0 to {total}")
-    return min(total, int(f * total + 0.5))
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise SettingError("dummy_forcing", "dummy_head_count", f"'dummy_head_count' must be a whole number, got {count!r}")
+    if count < 0 or count > total:
+        raise SettingError("dummy_forcing", "dummy_head_count",
+                           f"'dummy_head_count' = {count} is out of range: {what}; use 1 to {total}, or 0 to use the "
+                           "'dummy_heads' fraction")
+    if count > 0:
+        n = count
+    else:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not math.isfinite(fraction) \
+                or not 0.0 <= float(fraction) <= 1.0:
+            raise SettingError("dummy_forcing", "dummy_heads",
+                               f"'dummy_heads' = {fraction!r} is not a fraction in [0, 1]: {what}; use a fraction such "
+                               f"as 0.5 (= {total // 2} heads) or set 'dummy_head_count'")
+        n = min(total, int(float(fraction) * total + 0.5))
+    _check_quota(n, num_layers, num_heads, scope)
+    return n
 
 
 def _costs(scores: torch.Tensor, normalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,16 +110,11 @@ def program_heads(scores: torch.Tensor, num_dummy: int, scope: str = "global", n
     """
     if scores.ndim != 3 or scores.shape[-1] != 3:
         raise ValueError(f"scores must be [layers, heads, 3] (sink, neighbor, current), got {tuple(scores.shape)}")
-    if scope not in SCOPES:
-        raise ValueError(f"head programming scope must be one of {SCOPES}, got {scope!r}")
     L, H = scores.shape[:2]
-    if isinstance(num_dummy, bool) or not isinstance(num_dummy, numbers.Integral):
-        raise ValueError(f"num_dummy must be a head count (int); use resolve_dummy_count for fractions, "
-                         f"got {num_dummy!r}")
+    if isinstance(num_dummy, bool) or not isinstance(num_dummy, int) or not 0 <= num_dummy <= L * H:
+        raise ValueError(f"num_dummy must be a head count in 0..{L * H} (use resolve_dummy_count), got {num_dummy!r}")
     n = int(num_dummy)
-    if not 0 <= n <= L * H:
-        raise ValueError(f"dummy_heads = {n} is out of range: the model has {L} layers x {H} heads = {L * H} heads; "
-                         f"use 0..{L * H}")
+    _check_quota(n, L, H, scope)
     cost, prefers_sink = _costs(scores, normalise)
     assign = torch.where(prefers_sink, int(HeadType.SINK), int(HeadType.NEIGHBOR)).to(torch.long)
     flat_cost = cost.flatten().tolist()
@@ -93,9 +122,6 @@ def program_heads(scores: torch.Tensor, num_dummy: int, scope: str = "global", n
         chosen = _order(flat_cost, list(range(L * H)))[:n]
     else:
         quota, extra = divmod(n, L)
-        if quota > H or (quota == H and extra):
-            raise ValueError(f"dummy_heads = {n} with scope per_layer needs {quota + (1 if extra else 0)} dummy heads "
-                             f"in some layer but a layer has only {H} heads")
         chosen = []
         candidates = []  # (cost, flat index) of each layer's next-cheapest head
         for layer in range(L):
@@ -112,9 +138,9 @@ def program_heads(scores: torch.Tensor, num_dummy: int, scope: str = "global", n
     return assign
 
 
-def type_counts(assign: torch.Tensor) -> list[dict[str, int]]:
-    """Per layer: ``{"sink": n, "neighbor": n, "dummy": n}`` of an assignment [L, H]."""
-    if assign.ndim != 2:
-        raise ValueError(f"head assignment must be [layers, heads], got {tuple(assign.shape)}")
-    a = assign.detach().cpu()
-    return [{t.name.lower(): int((row == int(t)).sum()) for t in HeadType} for row in a]
+def type_counts(assign) -> list[TypeCount]:
+    """Per layer, the heads of each type in an assignment [L, H] (a tensor or nested lists)."""
+    a = torch.as_tensor(assign).detach().cpu()
+    if a.ndim != 2:
+        raise ValueError(f"head assignment must be [layers, heads], got {tuple(a.shape)}")
+    return [TypeCount(*(int((row == int(t)).sum()) for t in HeadType)) for row in a]

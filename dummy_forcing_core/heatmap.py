@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .head_program import HeadType
+
 __all__ = ["head_map_image", "TYPE_COLOURS", "NO_TYPE_COLOUR"]
 
-TYPE_COLOURS = {0: (31, 119, 180), 1: (255, 127, 14), 2: (44, 160, 44)}  # sink, neighbor, dummy
-TYPE_NAMES = {0: "sink", 1: "neighbor", 2: "dummy"}
+TYPE_COLOURS = {HeadType.SINK: (31, 119, 180), HeadType.NEIGHBOR: (255, 127, 14), HeadType.DUMMY: (44, 160, 44)}
 NO_TYPE_COLOUR = (90, 90, 90)
 BACKGROUND = (24, 24, 24)
 MIN_STRENGTH = 0.3  # a_current = 0 still shows the hue
@@ -111,7 +112,7 @@ def _draw_text(img, font, L, pitch, gap, margin, types, y0, bar_h, bar_x, bar_w)
         d.text((2, y), str(layer), fill=grey, font=font)
     for i, t in enumerate(types):
         y = y0 + i * (bar_h + 4) + (bar_h - 11) // 2
-        d.text((margin, y), "heads" if t is None else TYPE_NAMES[t], fill=grey, font=font)
+        d.text((margin, y), "heads" if t is None else HeadType(t).label, fill=grey, font=font)
     y = y0 + len(types) * (bar_h + 4)
     d.text((bar_x, y), "a_current: 0", fill=grey, font=font)
     d.text((bar_x + bar_w - 8, y), "1", fill=grey, font=font)

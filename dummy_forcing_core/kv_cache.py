@@ -10,32 +10,35 @@ tokens, so one attention call serves the whole group. A group stores::
     tokens [0, frames * tpf)                 the cached context (already RoPE-rotated)
     tokens [frames * tpf, + chunk tokens)    scratch: the current chunk's K/V
 
-Rows of a group may follow different :class:`Retention` rules (``segments``) as long as
-they always hold the same number of frames; this is how Dummy Forcing packs dummy heads
-(rolling last frame) with sink heads (first frame) into one call.
+Rows of a group may follow different :class:`Retention` rules (its :class:`Segment` s) as
+long as they always hold the same number of frames; this is how Dummy Forcing packs dummy
+heads (a rolling window of recent frames) with sink heads (the first frames) into one call.
+A layer's *storage order* is the heads of every group, group after group.
 
 Phases
 ------
-1. ``LayerCache.attend`` (every forward pass of a chunk): writes the chunk's K/V into the
-   scratch of every group and attends over ``[context | chunk]``. Denoising passes do this
-   only: the next pass overwrites the scratch.
-2. ``KVCache.commit`` (after the clean t = 0 pass): the scratch becomes context. Each
-   segment keeps its first ``sink`` frames forever and its last ``window`` frames; older
-   window frames are dropped by shifting the kept ones left in place (block copies that
-   never overlap). Nothing is reallocated.
-3. ``KVCache.regroup`` (once, e.g. at Dummy Forcing's ``ar_start``): builds new groups
-   sized to what they keep, copying the kept frames from the old groups, and frees the old.
+1. ``HeadGroup.write`` (every forward pass of a chunk, from :mod:`~dummy_forcing_core.attention`):
+   the chunk's K/V go into the scratch of every group; attention runs over ``[context | chunk]``.
+   Denoising passes do this only: the next pass overwrites the scratch.
+2. ``KVCache.commit`` (after the cache pass): the scratch becomes context. Each segment keeps
+   its first ``sink`` frames forever and its last ``window`` frames; older window frames are
+   dropped by shifting the kept ones left in place (block copies that never overlap).
+   Nothing is reallocated.
+3. ``KVCache.regroup`` (once, e.g. at Dummy Forcing's ``ar_start``): builds new groups sized
+   to what they keep, copying the kept frames from the old groups, and frees the old.
+
+This module only stores; attention over it and its FLOP counting live in ``attention.py``.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["Retention", "FULL", "HeadGroup", "GroupSpec", "LayerCache", "KVCache"]
+__all__ = ["Retention", "FULL", "Segment", "GroupSpec", "HeadGroup", "LayerCache", "FlopCounter", "KVCache",
+           "kv_bytes"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,19 @@ class Retention:
 
     def __post_init__(self):
         if self.sink < 0 or (self.window is not None and self.window < 0):
-            raise ValueError(f"sink and window frames must be >= 0, got {self}")
+            raise ValueError(f"sink and window frames must be >= 0, got sink {self.sink}, window {self.window}")
+
+    def describe(self) -> str:
+        """Words for a user: 'full', 'sink 3 + window 12', 'last 1 frame', 'nothing'."""
+        if self.window is None:
+            return "full"
+        if self.sink and self.window:
+            return f"sink {self.sink} + window {self.window}"
+        if self.sink:
+            return f"first {self.sink} frame{'s' if self.sink > 1 else ''}"
+        if self.window:
+            return f"last {self.window} frame{'s' if self.window > 1 else ''}"
+        return "nothing"
 
     def kept_frame_ids(self, history: int) -> list[int]:
         """Absolute frame indices held after ``history`` frames were committed, in storage order."""
@@ -60,21 +75,42 @@ class Retention:
     def kept(self, history: int) -> int:
         return len(self.kept_frame_ids(history))
 
-    def capacity(self, max_history: int) -> int:
+    def most_kept(self, max_history: int) -> int:
+        """The most frames held at any history up to ``max_history``."""
         return max((self.kept(h) for h in range(max_history + 1)), default=0)
+
+    def capacity_for(self, total_frames: int, chunk_frames: int) -> int:
+        """Frames a group must hold over a video of ``total_frames``: the most it keeps plus
+        one chunk of scratch (the history before a chunk is at most ``total_frames - 1``)."""
+        h = max(total_frames - 1, 0)
+        return min(self.most_kept(h), h) + chunk_frames
 
 
 FULL = Retention()
 
 
+class Segment(NamedTuple):
+    """Rows [start, stop) of a group and the retention they follow."""
+
+    start: int
+    stop: int
+    retention: Retention
+
+
 @dataclass
 class GroupSpec:
-    """A group to build: original head indices in storage order and, per consecutive run of
-    rows, its retention, as ``[(n_rows, Retention), ...]`` summing to ``len(heads)``."""
+    """A group to build: original head indices in storage order and its consecutive runs of
+    rows with their retention, ``[(row count, Retention), ...]`` summing to ``len(heads)``."""
 
     heads: list[int]
-    segments: list[tuple[int, Retention]]
+    runs: list[tuple[int, Retention]]
     name: str = ""
+
+    def capacity_for(self, total_frames: int, chunk_frames: int) -> int:
+        return max(ret.capacity_for(total_frames, chunk_frames) for _, ret in self.runs)
+
+
+_GROUP_IDS = itertools.count()
 
 
 class HeadGroup:
@@ -82,17 +118,17 @@ class HeadGroup:
 
     def __init__(self, spec: GroupSpec, batch: int, head_dim: int, tokens_per_frame: int,
                  capacity_frames: int, dtype, device, history: int = 0):
-        if sum(n for n, _ in spec.segments) != len(spec.heads):
-            raise ValueError("group segments must cover its heads exactly")
+        if sum(n for n, _ in spec.runs) != len(spec.heads):
+            raise ValueError("group runs must cover its heads exactly")
         self.name = spec.name
-        self.uid = next(_GROUP_IDS)  # unique per group ever built (keys of captured CUDA graphs)
+        self.uid = next(_GROUP_IDS)  # unique per group ever built (part of a layout key)
         self.head_list = list(spec.heads)
         self._heads: torch.Tensor | None = None
         self._device = device
-        self.segments: list[tuple[int, int, Retention]] = []
+        self.segments: list[Segment] = []
         row = 0
-        for n, ret in spec.segments:
-            self.segments.append((row, row + n, ret))
+        for n, ret in spec.runs:
+            self.segments.append(Segment(row, row + n, ret))
             row += n
         self.tpf = tokens_per_frame
         self.capacity_frames = capacity_frames
@@ -100,7 +136,7 @@ class HeadGroup:
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.history = history
-        kept = {ret.kept(history) for _, _, ret in self.segments}
+        kept = {s.retention.kept(history) for s in self.segments}
         if len(kept) > 1:
             raise ValueError(f"rows of one group must hold equal frame counts, got {sorted(kept)}")
         self.frames = kept.pop() if kept else 0
@@ -118,10 +154,15 @@ class HeadGroup:
         return len(self.head_list)
 
     def frame_ids(self, row: int) -> list[int]:
-        for a, b, ret in self.segments:
-            if a <= row < b:
-                return ret.kept_frame_ids(self.history)
+        for seg in self.segments:
+            if seg.start <= row < seg.stop:
+                return seg.retention.kept_frame_ids(self.history)
         raise IndexError(row)
+
+    def is_steady(self, chunk_frames: int) -> bool:
+        """Whether committing a chunk of ``chunk_frames`` leaves the frame count as it is."""
+        return all(s.retention.kept(self.history) == s.retention.kept(self.history + chunk_frames)
+                   for s in self.segments)
 
     def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the chunk (k, v: [B, H_g, Lc, D]) into the scratch; return the keys and values
@@ -178,95 +219,33 @@ def _shift_left(buf: torch.Tensor, start: int, drop: int, keep: int):
         done += n
 
 
-_NULL = contextlib.nullcontext()
-_GROUP_IDS = itertools.count()
-
-
-@dataclass
-class FlopCounter:
-    """Self-attention FLOPs (QK^T and PV) actually done, and what a full cache would have done."""
-
-    done: int = 0
-    full: int = 0
-
-
 class LayerCache:
-    """The head groups of one transformer block."""
+    """The head groups of one transformer block and their storage order."""
 
-    def __init__(self, groups: list[HeadGroup], num_heads: int, flops: FlopCounter):
+    def __init__(self, groups: list[HeadGroup], num_heads: int):
         self.groups = groups
         self.num_heads = num_heads
-        self.flops = flops
         covered = sorted(h for g in groups for h in g.head_list)
         if covered != list(range(num_heads)):
             raise ValueError(f"head groups must cover heads 0..{num_heads - 1} once each, got {covered}")
-        self._identity = len(groups) == 1 and groups[0].head_list == list(range(num_heads))
-        # storage order: the heads of every group, group after group (see attend_ordered)
+        self.identity = len(groups) == 1 and groups[0].head_list == list(range(num_heads))
         self.order: list[int] = [h for g in groups for h in g.head_list]
-        self._order_index: torch.Tensor | None = None  # self.order on the device, made on first use
+        self._order_index: torch.Tensor | None = None
         self.ranges: list[tuple[int, int]] = []
         a = 0
         for g in groups:
             self.ranges.append((a, a + g.num_heads))
             a += g.num_heads
 
-    def count_full(self, batch: int, tokens: int, heads: int, head_dim: int) -> None:
-        """Add what one pass of ``tokens`` queries would cost with a full cache."""
-        full_keys = self.groups[0].history * self.groups[0].tpf + tokens
-        self.flops.full += 4 * batch * heads * tokens * full_keys * head_dim
+    def order_index(self, device) -> torch.Tensor:
+        """``order`` as a device tensor (made on first use)."""
+        if self._order_index is None or self._order_index.device != torch.device(device):
+            self._order_index = torch.tensor(self.order, dtype=torch.long, device=device)
+        return self._order_index
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probe=None) -> torch.Tensor:
-        """Self-attention of the chunk's queries over [cached context | chunk].
-
-        q, k, v: [B, Lc, H, D], RoPE applied. Returns [B, Lc, H, D] in the original head order.
-        ``probe(q, keys, group)`` sees the single group's queries [B, H, Lc, D] and keys; it is
-        only available while the layer is one group in head order (before Dummy Forcing).
-        """
-        if self._identity:
-            return self.attend_ordered(q, k, v, probe)
-        if probe is not None:
-            raise RuntimeError("attention profiling needs the undivided cache (profile before regrouping)")
-        if self._order_index is None or self._order_index.device != q.device:
-            self._order_index = torch.tensor(self.order, dtype=torch.long, device=q.device)
-        order = self._order_index
-        grouped = self.attend_ordered(q.index_select(2, order), k.index_select(2, order), v.index_select(2, order))
-        return torch.empty_like(grouped).index_copy_(2, order, grouped)
-
-    def attend_ordered(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, probe=None,
-                       side_stream=None) -> torch.Tensor:
-        """Like :meth:`attend`, with q, k, v [B, Lc, H, D] and the result in *storage order*
-        (``self.order``: group after group), so each group is a contiguous slice of heads and
-        nothing is gathered or scattered. The fast path gets them so by permuting the
-        projection weights once per layout. ``probe`` as in :meth:`attend` (identity order).
-        ``side_stream`` (CUDA): groups after the first run on it, overlapping the first
-        group's attention (the calling stream waits for it before returning)."""
-        B, L, H, D = q.shape
-        self.count_full(B, L, H, D)
-        if probe is not None and not self._identity:
-            raise RuntimeError("attention profiling needs the undivided cache (profile before regrouping)")
-        if len(self.groups) == 1:
-            g = self.groups[0]
-            qt = q.transpose(1, 2)
-            keys, values = g.write(k.transpose(1, 2), v.transpose(1, 2))
-            if probe is not None:
-                probe(qt, keys, g)
-            self.flops.done += 4 * B * H * L * keys.shape[2] * D
-            return F.scaled_dot_product_attention(qt, keys, values).transpose(1, 2)
-        out = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
-        main = None
-        if side_stream is not None and q.is_cuda:
-            main = torch.cuda.current_stream(q.device)
-            side_stream.wait_stream(main)
-        for j, (g, (a, b)) in enumerate(zip(self.groups, self.ranges)):
-            ctx = torch.cuda.stream(side_stream) if (main is not None and j > 0) else _NULL
-            with ctx:
-                keys, values = g.write(k[:, :, a:b].transpose(1, 2), v[:, :, a:b].transpose(1, 2))
-                self.flops.done += 4 * B * (b - a) * L * keys.shape[2] * D
-                out[:, :, a:b] = F.scaled_dot_product_attention(q[:, :, a:b].transpose(1, 2), keys,
-                                                                values).transpose(1, 2)
-        if main is not None:
-            main.wait_stream(side_stream)
-        return out
+    @property
+    def history(self) -> int:
+        return self.groups[0].history
 
     def commit(self):
         for g in self.groups:
@@ -274,11 +253,30 @@ class LayerCache:
 
 
 @dataclass
+class FlopCounter:
+    """Self-attention FLOPs (QK^T and PV) actually done over a cache, and what a full cache
+    would have done; counted by :mod:`~dummy_forcing_core.attention`."""
+
+    done: int = 0
+    full: int = 0
+
+
+def kv_bytes(head_frames: int, batch: int, head_dim: int, tokens_per_frame: int, dtype) -> int:
+    """Bytes of K and V for ``head_frames`` = sum over (layer, head) of the frames each holds."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 2 * head_frames * batch * head_dim * tokens_per_frame * elem
+
+
+@dataclass
 class KVCache:
     """Self-attention K/V of every layer for one video (see the module docstring).
 
-    Built by :meth:`create` with one group per layer (every head, one retention), and
-    possibly regrouped once per video. ``history`` counts committed frames.
+    Fields: ``layers`` (one LayerCache per block), ``batch``, ``num_heads``, ``head_dim``,
+    ``tokens_per_frame``, ``max_chunk_frames`` (the longest piece a pass writes),
+    ``total_frames`` (the video's length: what regrouped groups are sized for), ``dtype``,
+    ``device``, ``flops`` (attention cost so far). ``history`` counts committed frames.
+    Built by :meth:`create` with one group per layer (every head, one retention); possibly
+    regrouped once per video.
     """
 
     layers: list[LayerCache]
@@ -302,31 +300,44 @@ class KVCache:
         video (``total_frames``)."""
         if max_chunk_frames < 1:
             raise ValueError("chunk size must be >= 1 frame")
-        flops = FlopCounter()
-        cap = _capacity(retention, total_frames, max_chunk_frames)
+        cap = retention.capacity_for(total_frames, max_chunk_frames)
         if capacity_frames is not None:
             if capacity_frames < max_chunk_frames:
                 raise ValueError(f"capacity_frames={capacity_frames} cannot hold a chunk of {max_chunk_frames} frames")
             cap = min(cap, int(capacity_frames))
         spec = GroupSpec(list(range(num_heads)), [(num_heads, retention)], name="all")
-        layers = [LayerCache([HeadGroup(spec, batch, head_dim, tokens_per_frame, cap, dtype, device)], num_heads, flops)
+        layers = [LayerCache([HeadGroup(spec, batch, head_dim, tokens_per_frame, cap, dtype, device)], num_heads)
                   for _ in range(num_layers)]
         return cls(layers, batch, num_heads, head_dim, tokens_per_frame, max_chunk_frames, total_frames,
-                   dtype, torch.device(device), flops)
-
-    @staticmethod
-    def estimate_bytes(num_layers: int, num_heads: int, head_dim: int, tokens_per_frame: int, max_chunk_frames: int,
-                       total_frames: int, retention: Retention = FULL, batch: int = 1, dtype=torch.bfloat16) -> int:
-        """Bytes :meth:`create` allocates for these settings (an upper bound of the whole
-        video's KV memory: regrouping only ever allocates less)."""
-        cap = _capacity(retention, total_frames, max_chunk_frames)
-        elem = torch.empty((), dtype=dtype).element_size()
-        return 2 * num_layers * batch * num_heads * head_dim * cap * tokens_per_frame * elem
+                   dtype, torch.device(device))
 
     @property
     def history(self) -> int:
-        return self.layers[0].groups[0].history
+        return self.layers[0].history
 
+    # -- what a fused or graphed forward needs to know -------------------------------------
+    def layout_key(self) -> tuple:
+        """Identifies the buffers and frame counts every pass reads: equal keys, equal shapes
+        and addresses (a captured CUDA graph of one key can be replayed for the other)."""
+        return tuple(tuple((g.uid, g.frames) for g in layer.groups) for layer in self.layers)
+
+    def is_steady(self, chunk_frames: int) -> bool:
+        """Whether committing chunks of ``chunk_frames`` leaves every group's frame count as it is."""
+        return all(g.is_steady(chunk_frames) for layer in self.layers for g in layer.groups)
+
+    def scratch_state(self) -> list[int]:
+        """Chunk tokens each group's scratch holds (what a pass leaves for commit)."""
+        return [g.chunk_tokens for layer in self.layers for g in layer.groups]
+
+    def restore_scratch(self, state: list[int]) -> None:
+        """Set the scratch bookkeeping a pass did, for a pass replayed without running Python."""
+        groups = [g for layer in self.layers for g in layer.groups]
+        if len(groups) != len(state):
+            raise ValueError("scratch state of another layout")
+        for g, n in zip(groups, state):
+            g.chunk_tokens = n
+
+    # -- phases ------------------------------------------------------------------------------
     def commit(self):
         for layer in self.layers:
             layer.commit()
@@ -346,8 +357,8 @@ class KVCache:
         where = {h: (g, row) for g in layer.groups for row, h in enumerate(g.head_list)}
         groups = []
         for spec in specs:
-            cap = max(_capacity(ret, self.total_frames, self.max_chunk_frames) for _, ret in spec.segments)
-            g = HeadGroup(spec, self.batch, self.head_dim, self.tokens_per_frame, cap, self.dtype, self.device, history)
+            cap = spec.capacity_for(self.total_frames, self.max_chunk_frames)
+            g = HeadGroup(spec, self.batch, self.head_dim, tpf, cap, self.dtype, self.device, history)
             # rows that keep the same frames and read them from the same source segment are
             # copied together: one gather per run of consecutive frames
             buckets: dict[tuple, list] = {}
@@ -358,9 +369,9 @@ class KVCache:
                 missing = sorted(set(want) - set(src_ids))
                 if missing:
                     raise ValueError(f"cannot regroup: head {h} needs frames {missing} that the cache no longer holds")
-                buckets.setdefault((id(src), src_ids, want), [src, [], []])
-                buckets[(id(src), src_ids, want)][1].append(row)
-                buckets[(id(src), src_ids, want)][2].append(src_row)
+                entry = buckets.setdefault((id(src), src_ids, want), [src, [], []])
+                entry[1].append(row)
+                entry[2].append(src_row)
             for (_, src_ids, want), (src, rows, src_rows) in buckets.items():
                 pos = {f: i for i, f in enumerate(src_ids)}
                 dst_rows = _rows(rows, self.device)
@@ -374,8 +385,9 @@ class KVCache:
                         else:
                             a[:, :, d0:d1].index_copy_(1, dst_rows, part)
             groups.append(g)
-        return LayerCache(groups, layer.num_heads, self.flops)
+        return LayerCache(groups, layer.num_heads)
 
+    # -- bytes -----------------------------------------------------------------------------------
     def allocated_bytes(self) -> int:
         return sum(g.allocated_bytes() for layer in self.layers for g in layer.groups)
 
@@ -388,8 +400,8 @@ class KVCache:
     def full_cache_bytes(self, frames: int | None = None) -> int:
         """Bytes a full cache of every head would hold for ``frames`` (default: history) frames."""
         frames = self.history if frames is None else frames
-        elem = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * len(self.layers) * self.batch * self.num_heads * frames * self.tokens_per_frame * self.head_dim * elem
+        return kv_bytes(len(self.layers) * self.num_heads * frames, self.batch, self.head_dim,
+                        self.tokens_per_frame, self.dtype)
 
 
 def _rows(rows: list[int], device):
@@ -410,8 +422,3 @@ def _runs(src_positions: list[int]) -> list[tuple[int, int, int]]:
         else:
             runs.append((j, p, 1))
     return runs
-
-
-def _capacity(ret: Retention, total_frames: int, chunk: int) -> int:
-    """Frames a group must hold: the most it keeps over the video plus one chunk of scratch."""
-    return min(ret.capacity(max(total_frames - 1, 0)), max(total_frames - 1, 0)) + chunk

@@ -1,4 +1,4 @@
-"""The autoregressive sampling loop: flow matching, chunk by chunk, with a KV cache.
+"""The pack's autoregressive sampling loop: flow matching, chunk by chunk, over a VideoSession.
 
 For each chunk (``chunk_frames`` latent frames at absolute frame ``f0``)::
 
@@ -8,27 +8,43 @@ For each chunk (``chunk_frames`` latent frames at absolute frame ``f0``)::
         x0 = x - sigma_k * v
         x  = (1 - sigma_next) * x0 + sigma_next * fresh_noise   (if a step follows)
     chunk output = x0
-    model(x0 at t = context_timestep, commit)     # the clean pass writes the chunk's K/V
+    model(x0 at t = context_timestep, commit)     # the cache pass writes the chunk's K/V
 
-The last chunk's cache pass is skipped (nothing reads it). A last chunk shorter than
-``chunk_frames`` (frame count not a multiple of the chunk) is generated as a shorter chunk.
-Given start frames (image-to-video / continuation) are encoded into the cache first, in
-chunks, and copied to the output unchanged. Noise comes from one CPU generator seeded with
-``seed`` and is drawn in a fixed order, so a seed gives the same video on any device.
-Latents here are in the model's space (ComfyUI's ``process_in`` space).
+A last chunk shorter than ``chunk_frames`` is generated as a shorter chunk. Given start frames
+(image-to-video / continuation) are encoded into the cache first and copied to the output
+unchanged. Latents here are in the model's space (ComfyUI's ``process_in`` space).
+
+Noise layouts (``SamplerSettings.noise``):
+
+* ``"pack"``: one CPU generator seeded with ``seed``, drawn in a fixed order (per chunk: the
+  start noise, then one fresh draw per step that follows), so a seed gives the same video on
+  any device;
+* ``"comfy"``: ComfyUI's ``sample_ar_video`` with a RandomNoise of the same seed: the start
+  noise of every chunk is a slice of one draw over the whole latent (CPU generator seeded
+  with ``seed``), fresh noise of chunk ``i``, step ``k`` is drawn on the device from a
+  generator seeded with ``seed + 1000 i + k`` (a context re-noise, which core never does, uses
+  ``k`` = the number of steps). Same seed, same video in both samplers (on one device).
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 
 import torch
 
-from .kv_cache import FULL, Retention, _capacity
+from .cache_policy import CachePolicy, CacheSpec
+from .chunk_plan import ChunkPlan, plan_chunks
+from .chunk_runner import ChunkRunner
+from .errors import SettingError
+from .geometry import ModelGeometry, check_latent
+from .kv_cache import kv_bytes
 from .stats import GenerationStats
-from .transformer import ChunkRunner
+from .video_session import VideoSession
 
-__all__ = ["SamplerSettings", "ProgressEvent", "GenerationResult", "flow_sigmas", "plan_chunks", "generate"]
+__all__ = ["SamplerSettings", "NOISE_LAYOUTS", "ProgressEvent", "GenerationResult", "RunPlan", "flow_sigmas",
+           "plan_run", "generate"]
+
+NOISE_LAYOUTS = ("pack", "comfy")
 
 
 @dataclass(frozen=True)
@@ -36,16 +52,19 @@ class SamplerSettings:
     """chunk_frames: latent frames per chunk (3 chunk-wise, 1 frame-wise).
     timesteps: denoising list (0..1000) before the shift warp, or None to use ``steps``
     evenly spaced ones. shift: flow shift (Self Forcing 5, CausVid 8).
+    sigmas: explicit denoising sigmas in (0, 1] (a SIGMAS input, shift already applied);
+    when set, timesteps / steps / shift are not used.
     context_timestep: timestep of the cache-writing pass (0 = clean, Self Forcing's default).
-    retention: what the cache keeps (full, or sink + rolling window)."""
+    seed, noise: see the module docstring."""
 
     chunk_frames: int = 3
     timesteps: tuple[float, ...] | None = (1000.0, 750.0, 500.0, 250.0)
     steps: int = 4
     shift: float = 5.0
+    sigmas: tuple[float, ...] | None = None
     context_timestep: float = 0.0
-    retention: Retention = FULL
     seed: int = 0
+    noise: str = "pack"
 
 
 @dataclass
@@ -54,8 +73,8 @@ class ProgressEvent:
     num_chunks: int
     step: int           # denoising step within the chunk (0-based)
     num_steps: int
-    done: int           # model passes done so far in the video
-    total: int          # model passes for the whole video
+    done: int           # denoising passes done so far in the video
+    total: int          # denoising passes of the whole video
     x0: torch.Tensor    # current estimate of the chunk [B, C, F_chunk, H, W] (model space)
     frame_start: int    # absolute frame index of the chunk's first frame
 
@@ -66,147 +85,162 @@ class GenerationResult:
     stats: GenerationStats
 
 
+def _err(name: str, message: str) -> SettingError:
+    return SettingError("sampler", name, message)
+
+
 def flow_sigmas(settings: SamplerSettings) -> list[float]:
-    """Denoising sigmas after the shift warp sigma' = shift * s / (1 + (shift - 1) * s)."""
+    """Denoising sigmas: ``settings.sigmas`` as given, else the timesteps warped by the shift,
+    sigma' = shift * s / (1 + (shift - 1) * s)."""
+    if settings.sigmas is not None:
+        s = [float(v) for v in settings.sigmas]
+        if not s or any(not math.isfinite(v) or not 0.0 < v <= 1.0 for v in s):
+            raise _err("sigmas", f"'sigmas' must be one or more values in (0, 1] (a final 0 is dropped), got {s}")
+        if any(b >= a for a, b in zip(s, s[1:])):
+            raise _err("sigmas", f"'sigmas' must decrease step by step, got {s}")
+        return s
     if settings.timesteps is not None:
         raw = [float(t) / 1000.0 for t in settings.timesteps]
         if not raw:
-            raise ValueError("the denoising list is empty: give at least one timestep, e.g. 1000,750,500,250")
+            raise _err("denoise_timesteps", "'denoise_timesteps' is empty: give at least one timestep, e.g. "
+                       "1000,750,500,250 (or empty the widget to use 'steps')")
+        if any(not math.isfinite(s) or not 0.0 < s <= 1.0 for s in raw):
+            raise _err("denoise_timesteps", f"'denoise_timesteps' values must be in (0, 1000], got "
+                       f"{[s * 1000 for s in raw]}")
     else:
         if settings.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {settings.steps}")
+            raise _err("steps", f"'steps' must be >= 1, got {settings.steps}")
         raw = [1.0 - i / settings.steps for i in range(settings.steps)]
-    if any(not 0.0 < s <= 1.0 for s in raw):
-        raise ValueError(f"denoising timesteps must be in (0, 1000], got {[s * 1000 for s in raw]}")
-    if settings.shift <= 0:
-        raise ValueError(f"shift must be > 0, got {settings.shift}")
+    if not math.isfinite(settings.shift) or settings.shift <= 0:
+        raise _err("shift", f"'shift' must be a number > 0, got {settings.shift}")
     sh = settings.shift
     return [sh * s / (1.0 + (sh - 1.0) * s) for s in raw]
 
 
-def plan_chunks(total_frames: int, chunk_frames: int, start_frames: int = 0) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """(given, generated): lists of (first frame, frame count). Given start frames are
-    encoded in chunks of ``chunk_frames``; generation continues after them."""
-    if chunk_frames < 1:
-        raise ValueError(f"frames per chunk must be >= 1, got {chunk_frames}")
-    if total_frames < 1:
-        raise ValueError("the latent has no frames")
-    if not 0 <= start_frames < total_frames:
-        raise ValueError(f"start frames must be in [0, {total_frames - 1}] for a {total_frames}-frame latent "
-                         f"(at least one frame must be left to generate), got {start_frames}")
-    given = [(f, min(chunk_frames, start_frames - f)) for f in range(0, start_frames, chunk_frames)]
-    gen = [(f, min(chunk_frames, total_frames - f)) for f in range(start_frames, total_frames, chunk_frames)]
-    return given, gen
+@dataclass
+class RunPlan:
+    """What a video will do, known before any pass: its pieces, sigmas, the started cache
+    policy (fresh per video), the denoising passes (progress units) and a bound of the KV
+    bytes it allocates (memory to ask for)."""
+
+    chunks: ChunkPlan
+    sigmas: list[float]
+    policy: CachePolicy
+    passes: int
+    kv_bytes: int
 
 
-class _Noise:
-    def __init__(self, seed: int, dtype, device):
-        self.gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        self.dtype, self.device = dtype, device
+def plan_run(geometry: ModelGeometry, shape, settings: SamplerSettings, cache=CacheSpec(), start_frames: int = 0,
+             dtype=torch.bfloat16, given_in_one_piece: bool = False) -> RunPlan:
+    """Check the settings against the model and the video and plan it (SettingError first).
+    ``cache``: a spec with ``start(geometry, plan)`` (CacheSpec, ProfilingSpec)."""
+    check_latent(shape, geometry)
+    if settings.noise not in NOISE_LAYOUTS:
+        raise _err("noise", f"'noise' must be one of {', '.join(NOISE_LAYOUTS)}, got {settings.noise!r}")
+    if not math.isfinite(settings.context_timestep) or not 0 <= settings.context_timestep < 1000:
+        raise _err("context_timestep", f"'context_timestep' must be in [0, 1000), got {settings.context_timestep}")
+    sigmas = flow_sigmas(settings)
+    chunks = plan_chunks(shape, settings.chunk_frames, start_frames, given_in_one_piece)
+    policy = cache.start(geometry, chunks)
+    n = len(chunks.chunks) if policy.last_chunk is None else min(policy.last_chunk + 1, len(chunks.chunks))
+    Hh, Ww = chunks.latent_hw
+    bound = kv_bytes(policy.head_frames_bound(), chunks.batch, geometry.head_dim, geometry.tokens_per_frame(Hh, Ww),
+                     dtype)
+    return RunPlan(chunks, sigmas, policy, n * len(sigmas), bound)
 
-    def __call__(self, shape) -> torch.Tensor:
+
+class _PackNoise:
+    def __init__(self, settings: SamplerSettings, shape, dtype, device):
+        self.gen = torch.Generator(device="cpu").manual_seed(int(settings.seed))
+        self.dtype, self.device = dtype, torch.device(device)
+
+    def _draw(self, shape) -> torch.Tensor:
         x = torch.randn(shape, generator=self.gen, dtype=torch.float32)
-        if torch.device(self.device).type == "cuda":  # pinned + async: no host sync in the chunk loop
+        if self.device.type == "cuda":  # pinned + async: no host sync in the chunk loop
             return x.pin_memory().to(device=self.device, dtype=self.dtype, non_blocking=True)
         return x.to(device=self.device, dtype=self.dtype)
 
+    def start(self, chunk: int, f0: int, shape) -> torch.Tensor:
+        return self._draw(shape)
 
-def _sync(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    def fresh(self, chunk: int, step: int, like: torch.Tensor) -> torch.Tensor:
+        return self._draw(like.shape)
+
+
+class _ComfyNoise:
+    def __init__(self, settings: SamplerSettings, shape, dtype, device, initial: torch.Tensor | None):
+        self.seed, self.dtype, self.device = int(settings.seed), dtype, torch.device(device)
+        if initial is None:  # what RandomNoise(seed) draws (comfy.sample.prepare_noise)
+            initial = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(self.seed), dtype=torch.float32)
+        if tuple(initial.shape) != tuple(shape):
+            raise SettingError("input", "noise", f"the 'noise' input made noise of shape {list(initial.shape)} for a "
+                               f"latent of shape {list(shape)}")
+        self.initial = initial
+
+    def start(self, chunk: int, f0: int, shape) -> torch.Tensor:
+        return self.initial[:, :, f0:f0 + shape[2]].to(device=self.device, dtype=self.dtype)
+
+    def fresh(self, chunk: int, step: int, like: torch.Tensor) -> torch.Tensor:
+        gen = torch.Generator(device=like.device).manual_seed(self.seed + chunk * 1000 + step)
+        return torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
 
 
 @torch.no_grad()
 def generate(runner: ChunkRunner, context: torch.Tensor, shape: tuple[int, int, int, int, int],
-             settings: SamplerSettings = SamplerSettings(), dummy_forcing=None,
-             start_latent: torch.Tensor | None = None, start_frames: int = 0,
-             callback=None, time_chunks: bool = True, observer=None,
-             stop_after_chunk: int | None = None) -> GenerationResult:
+             settings: SamplerSettings = SamplerSettings(), cache=CacheSpec(),
+             start_latent: torch.Tensor | None = None, start_frames: int = 0, callback=None,
+             time_chunks: bool = True, initial_noise: torch.Tensor | None = None,
+             given_in_one_piece: bool = False) -> GenerationResult:
     """Generate a video latent of ``shape`` = (B, C, F, H, W) for the text ``context``
-    [B or 1, L_text, text_dim]. ``dummy_forcing``: a DummyForcingConfig or None.
-    ``start_latent`` [B, C, >= start_frames, H, W]: its first ``start_frames`` frames are given.
-    ``callback(ProgressEvent)`` runs after every denoising step; raising from it cancels the
-    run (nothing is kept). ``observer`` (instead of ``dummy_forcing``) may watch the cache
-    passes: ``observer.probe_for(chunk)`` returns a probe or None and
-    ``observer.after_commit(chunk, cache, stats)`` runs after each. ``stop_after_chunk``
-    ends the run after that chunk's cache pass (offline profiling); later frames stay
-    unset. Returns the latent and the run's statistics."""
-    from .dummy_forcing import DummyForcingController
-
-    B, C, Fr, Hh, Ww = shape
-    probe_latent = torch.empty((B, C, 1, Hh, Ww))
-    from .transformer import check_latent
-
-    check_latent(probe_latent, runner.geometry, "latent")
-    given, chunks = plan_chunks(Fr, settings.chunk_frames, start_frames)
+    [B or 1, L_text, text_dim] with the cache policy ``cache`` (a CacheSpec, or any spec with
+    ``start(geometry, plan)``). ``start_latent`` [B, C, >= start_frames, H, W]: its first
+    ``start_frames`` frames are given (in chunks, or in one piece with ``given_in_one_piece``,
+    as ComfyUI's ARVideoI2V). ``callback(ProgressEvent)`` runs after every denoising step;
+    raising from it cancels the run (nothing is kept). ``initial_noise``: the whole latent's
+    start noise (a NOISE input) for the ``"comfy"`` noise layout. Returns the latent and the
+    run's statistics; later frames stay zero when the policy ends the video early."""
+    run = plan_run(runner.geometry, shape, settings, cache, start_frames, runner.dtype, given_in_one_piece)
+    plan = run.chunks
+    B, C, Fr, Hh, Ww = plan.shape
     if start_frames:
         if start_latent is None or start_latent.shape[2] < start_frames or tuple(start_latent.shape[:2]) != (B, C) \
                 or tuple(start_latent.shape[3:]) != (Hh, Ww):
-            raise ValueError(f"start_latent must be [{B}, {C}, >= {start_frames}, {Hh}, {Ww}] to give {start_frames} "
-                             f"start frames, got {None if start_latent is None else tuple(start_latent.shape)}")
-    if context.ndim != 3 or context.shape[0] not in (1, B):
-        raise ValueError(f"text context must be [1 or {B}, tokens, dim], got {tuple(context.shape)}")
-    sigmas = flow_sigmas(settings)
-    work = torch.float64 if runner.dtype == torch.float64 else torch.float32
-    device = runner.device
-
-    controller = observer
-    if dummy_forcing is not None:
-        if observer is not None:
-            raise ValueError("give dummy_forcing or an observer, not both")
-        controller = DummyForcingController(dummy_forcing, runner.geometry, settings.chunk_frames, chunks,
-                                            settings.retention)
-    context = context.expand(B, -1, -1) if context.shape[0] == 1 else context
-    text = runner.encode_text(context)
-    base_capacity = None
-    if dummy_forcing is not None and chunks:
-        # the base layout only lives until the regroup after chunk ar_start's cache pass:
-        # size it for that (the regrouped groups are sized for the whole video)
-        a = min(max(dummy_forcing.ar_start, 0), len(chunks) - 1)
-        base_capacity = _capacity(settings.retention, chunks[a][0] + 1, settings.chunk_frames)
-    cache = runner.new_cache(B, Hh, Ww, Fr, settings.chunk_frames, settings.retention, capacity_frames=base_capacity)
-    stats = GenerationStats.start(runner.geometry, settings, (Hh, Ww), Fr, runner.tokens_per_frame(Hh, Ww),
-                                  dummy_forcing)
-    noise = _Noise(settings.seed, work, device)
-    out = torch.zeros((B, C, Fr, Hh, Ww), dtype=work, device=device)
+            raise SettingError("sampler", "start_frames",
+                               f"giving {start_frames} start frames needs a start latent [{B}, {C}, >= {start_frames}, "
+                               f"{Hh}, {Ww}], got {None if start_latent is None else list(start_latent.shape)}")
+    if settings.noise == "comfy":
+        noise = _ComfyNoise(settings, plan.shape, runner.out_dtype, runner.device, initial_noise)
+    else:
+        noise = _PackNoise(settings, plan.shape, runner.out_dtype, runner.device)
+    work, device = runner.out_dtype, runner.device
     ctx_sigma = float(settings.context_timestep) / 1000.0
-    total_passes = len(chunks) * len(sigmas)
+    sigmas = run.sigmas
+    session = VideoSession(runner, plan, run.policy, time_chunks=time_chunks)
+    out = torch.zeros(plan.shape, dtype=work, device=device)
     done = 0
-
     try:
-        for f0, n in given:
+        session.set_prompt(context)
+        for f0, n in plan.given:
             x = start_latent[:, :, f0:f0 + n].to(device=device, dtype=work)
             out[:, :, f0:f0 + n] = x
-            runner.forward(x, torch.zeros(B, device=device), f0, text, cache, commit=True)
-
-        for ci, (f0, n) in enumerate(chunks):
-            t_start = time.perf_counter()
-            x = noise((B, C, n, Hh, Ww))
+            session.write(x, torch.zeros(B, device=device, dtype=work), f0)
+        for ci, (f0, n) in enumerate(plan.chunks):
+            x = sigmas[0] * noise.start(ci, f0, (B, C, n, Hh, Ww))  # x_s = (1 - s) x0 + s eps, nothing known of x0
             x0 = x
             for k, s in enumerate(sigmas):
-                v = runner.forward(x, torch.full((B,), s * 1000.0, device=device, dtype=work), f0, text, cache)
+                v = session.predict(x, torch.full((B,), s * 1000.0, device=device, dtype=work), f0)
                 x0 = x - s * v.to(work)
                 done += 1
                 if callback is not None:
-                    callback(ProgressEvent(ci, len(chunks), k, len(sigmas), done, total_passes, x0, f0))
+                    callback(ProgressEvent(ci, len(plan.chunks), k, len(sigmas), done, run.passes, x0, f0))
                 if k + 1 < len(sigmas):
                     s_next = sigmas[k + 1]
-                    x = (1.0 - s_next) * x0 + s_next * noise(x0.shape)
+                    x = (1.0 - s_next) * x0 + s_next * noise.fresh(ci, k, x0)
             out[:, :, f0:f0 + n] = x0
-            if ci + 1 < len(chunks) and (stop_after_chunk is None or ci <= stop_after_chunk):
-                xc = x0 if ctx_sigma == 0 else (1.0 - ctx_sigma) * x0 + ctx_sigma * noise(x0.shape)
-                probe = controller.probe_for(ci) if controller else None
-                runner.forward(xc, torch.full((B,), settings.context_timestep, device=device, dtype=work), f0, text,
-                               cache, commit=True, probe=probe)
-                if controller:
-                    controller.after_commit(ci, cache, stats)
-            if time_chunks:
-                _sync(device)
-            stats.chunk_seconds.append(time.perf_counter() - t_start)
-            if stop_after_chunk is not None and ci >= stop_after_chunk:
+            xc = x0 if ctx_sigma == 0 else (1.0 - ctx_sigma) * x0 + ctx_sigma * noise.fresh(ci, len(sigmas), x0)
+            session.write(xc, torch.full((B,), float(settings.context_timestep), device=device, dtype=work), f0)
+            if session.done:
                 break
-
-        stats.finish(cache)
     finally:
-        runner.end_video()  # a finished or cancelled video: free the graphs that hold its cache
+        stats = session.close()  # finished or cancelled: the cache and its graphs are freed here
     return GenerationResult(out, stats)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-__all__ = ["GenerationStats", "format_bytes"]
+from .head_program import TypeCount, type_counts
 
-TYPE_NAMES = ("sink", "neighbor", "dummy")
+__all__ = ["GenerationStats", "format_bytes"]
 
 
 def format_bytes(n: float) -> str:
@@ -23,6 +23,9 @@ def format_bytes(n: float) -> str:
 
 @dataclass
 class GenerationStats:
+    """``policy``: the base cache in words; ``dummy_forcing``: Dummy Forcing's settings (None:
+    off); ``loop``: which AR loop ran the video (the pack's sampler or ComfyUI's)."""
+
     fingerprint: dict
     latent_hw: tuple[int, int]
     frames: int
@@ -30,6 +33,8 @@ class GenerationStats:
     tokens_per_frame: int
     policy: str
     dummy_forcing: dict | None = None
+    batch: int = 1
+    loop: str = "AR Video Sampler"
     chunk_seconds: list[float] = field(default_factory=list)
     profile_seconds: float = 0.0
     regroup_seconds: float = 0.0
@@ -43,14 +48,11 @@ class GenerationStats:
     attn_flops_full: int = 0
 
     @classmethod
-    def start(cls, geometry, settings, latent_hw, frames, tokens_per_frame, dummy_forcing=None) -> "GenerationStats":
-        ret = settings.retention
-        policy = "full" if ret.window is None else f"sink {ret.sink} + window {ret.window}"
-        df = None
-        if dummy_forcing is not None:
-            df = {k: v for k, v in dataclasses.asdict(dummy_forcing).items() if k != "profile"}
-            df["profile"] = "given" if dummy_forcing.profile is not None else "online"
-        return cls(geometry.fingerprint(), tuple(latent_hw), frames, settings.chunk_frames, tokens_per_frame, policy, df)
+    def start(cls, geometry, plan, base, dummy_forcing: dict | None, loop: str = "AR Video Sampler") -> "GenerationStats":
+        """For a video of ChunkPlan ``plan`` with base retention ``base``."""
+        Hh, Ww = plan.latent_hw
+        return cls(geometry.fingerprint(), (Hh, Ww), plan.total_frames, plan.chunk_frames,
+                   geometry.tokens_per_frame(Hh, Ww), base.describe(), dummy_forcing, plan.batch, loop)
 
     def finish(self, cache) -> None:
         self.kv_bytes_layers = cache.layer_held_bytes()
@@ -86,10 +88,8 @@ class GenerationStats:
         return (frames_per_latent * self.chunk_frames / med if med > 0 else 0.0,
                 video_frames / total if total > 0 else 0.0)
 
-    def type_counts(self) -> list[tuple[int, int, int]]:
-        if self.head_types is None:
-            return []
-        return [tuple(sum(1 for t in layer if t == k) for k in range(3)) for layer in self.head_types]
+    def type_counts(self) -> list[TypeCount]:
+        return [] if self.head_types is None else type_counts(self.head_types)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -104,13 +104,15 @@ class GenerationStats:
             f"model: {fp['num_layers']} layers x {fp['num_heads']} heads (head dim {fp['head_dim']})",
             f"video: {self.frames} latent frames, {self.latent_hw[0]}x{self.latent_hw[1]} latent, "
             f"{self.tokens_per_frame} tokens/frame, chunks of {self.chunk_frames}",
-            f"base cache: {self.policy}",
+            f"base cache: {self.policy}; loop: {self.loop}",
         ]
         if self.dummy_forcing:
             df = self.dummy_forcing
-            lines.append(f"dummy forcing: dummy_heads={df['dummy_heads']} scope={df['scope']} ar_start={df['ar_start']} "
-                         f"L={df['neighbor_chunks']} sink={df['sink_frames']} packing={'on' if df['packing'] else 'off'} "
-                         f"long_context={df['long_context_frames']} profile={df['profile']}")
+            heads = df['dummy_head_count'] or df['dummy_heads']
+            lines.append(f"dummy forcing: dummy heads {heads} scope={df['scope']} ar_start={df['ar_start']} "
+                         f"L={df['neighbor_chunks']} sink={df['sink_frames']} "
+                         f"packing={'on' if df['context_packing'] else 'off'} "
+                         f"long_context={df['long_context_frames']} head profile={df['head_profile']}")
         else:
             lines.append("dummy forcing: off")
         ratio = self.kv_full_bytes / self.kv_bytes if self.kv_bytes else float("inf")

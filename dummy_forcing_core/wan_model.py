@@ -3,7 +3,7 @@
 Its state dict loads into ComfyUI's ``WanModel`` / ``CausalWanModel`` and the other way
 round (same names, same shapes). It is used by the tests, the demo, the training script
 and to run the pack without ComfyUI. Chunk-by-chunk causal inference does not go through
-``forward`` here: :class:`dummy_forcing_core.transformer.ChunkRunner` drives the
+``forward`` here: :class:`dummy_forcing_core.chunk_runner.ChunkRunner` drives the
 submodules of this (or ComfyUI's) module directly. ``forward`` is the full-sequence pass
 (optionally with an attention mask), used for training and as a plain reference.
 
@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .wan_blocks import full_sequence_forward
 
 __all__ = ["WanConfig", "WanModel", "WAN21_1_3B"]
 
@@ -177,6 +179,4 @@ class WanModel(nn.Module):
         context: [B, L_text, text_dim]; attn_mask: optional bool [F*h*w, F*h*w] (True =
         may attend), e.g. block-causal. Returns the flow prediction [B, out_dim, F, H, W].
         """
-        from .transformer import full_sequence_forward
-
         return full_sequence_forward(self, x, timesteps, context, attn_mask)

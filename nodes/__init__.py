@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from .apply import ApplyDummyForcing
-from .profiles import LoadHeadProfile, ProfileHeads
+from .apply import ApplyDummyForcing, ARCachePolicy
+from .head_profiles import LoadHeadProfile, ProfileHeads
 from .sampler import ARVideoSampler
 from .stats import CacheStats
 
-NODES = [ARVideoSampler, ApplyDummyForcing, ProfileHeads, LoadHeadProfile, CacheStats]
+NODES = [ARVideoSampler, ApplyDummyForcing, ARCachePolicy, ProfileHeads, LoadHeadProfile, CacheStats]
 
 
 class DummyForcingExtension(ComfyExtension):
@@ -22,4 +22,4 @@ async def comfy_entrypoint() -> DummyForcingExtension:
 
 
 __all__ = ["NODES", "DummyForcingExtension", "comfy_entrypoint", "ARVideoSampler", "ApplyDummyForcing",
-           "ProfileHeads", "LoadHeadProfile", "CacheStats"]
+           "ARCachePolicy", "ProfileHeads", "LoadHeadProfile", "CacheStats"]

@@ -1,16 +1,20 @@
-"""Apply Dummy Forcing: attach a DummyForcingConfig to a clone of the MODEL."""
+"""The nodes that attach cache settings to a clone of a MODEL: Apply Dummy Forcing and AR
+Cache Policy. Both paths read them: AR Video Sampler, and ComfyUI's own SamplerARVideo
+(through ``core_ar_loop``)."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
-from dummy_forcing_core.dummy_forcing import SCOPES, DummyForcingConfig
-from dummy_forcing_core.head_program import resolve_dummy_count
-from dummy_forcing_core.profile import HeadProfile
+from dummy_forcing_core.cache_policy import CacheSpec
+from dummy_forcing_core.dummy_forcing import DummyForcingConfig
+from dummy_forcing_core.head_program import SCOPES
 
 from . import comfy_glue as glue
 from . import widgets as w
+from .node_errors import node_errors
 
 NAME = "Apply Dummy Forcing"
+POLICY_NAME = "AR Cache Policy"
 
 
 class ApplyDummyForcing(io.ComfyNode):
@@ -21,12 +25,13 @@ class ApplyDummyForcing(io.ComfyNode):
             display_name=NAME,
             category=w.CATEGORY,
             description=(
-                "Turns on Dummy Forcing for AR Video Sampler: once per video (at chunk ar_start) the attention of "
+                "Turns on Dummy Forcing for AR Video Sampler and for ComfyUI's own Sampler AR Video (SamplerCustomAdvanced): once per video (at chunk ar_start) the attention of "
                 "every head is profiled, then each head gets its own KV cache: sink heads keep the first frames, "
                 "neighbor heads the recent chunks, and 'dummy' heads (those that look almost only at the current "
                 "chunk) keep next to nothing. Less KV memory and faster attention at nearly the same quality "
                 "(paper: 1.4x at 480p, 2x at 1080p). With a HEAD_PROFILE (Profile Heads / Load Head Profile) the "
-                "online profiling is skipped. Returns a clone of the model; the input model is not changed."),
+                "online profiling is skipped. Returns a clone of the model; the input model is not changed. In ComfyUI's AR "
+                "loop the pack's per-head cache replaces core's dense full-length one."),
             inputs=[
                 io.Model.Input("model", tooltip="A Wan2.1 diffusion model (Load Diffusion Model). A clone carrying the "
                                "Dummy Forcing settings is returned; the input is left as it was."),
@@ -97,28 +102,47 @@ class ApplyDummyForcing(io.ComfyNode):
     def execute(cls, model, dummy_heads, dummy_head_count, scope, normalised_cost, ar_start, neighbor_chunks,
                 sink_frames, context_packing, profile_sample_fraction, profile_seed, long_context_frames,
                 head_profile=None) -> io.NodeOutput:
-        with glue.node_errors(NAME):
-            geom = glue.wan_geometry(model, NAME)
-            total = geom.num_layers * geom.num_heads
-            count = int(dummy_head_count)
-            if count > total:
-                raise ValueError(f"dummy_head_count = {count} but the model has {geom.num_layers} layers x "
-                                 f"{geom.num_heads} heads = {total} heads; use at most {total} (or 0 to use the "
-                                 "dummy_heads fraction)")
-            value = count if count > 0 else float(dummy_heads)
-            n = resolve_dummy_count(value, geom.num_layers, geom.num_heads)
-            if scope == "per_layer" and -(-n // geom.num_layers) > geom.num_heads:
-                raise ValueError(f"{n} dummy heads with scope 'per_layer' need more than {geom.num_heads} in a layer")
-            if head_profile is not None:
-                if not isinstance(head_profile, HeadProfile):
-                    raise ValueError(f"the 'head_profile' input is a {type(head_profile).__name__}, not a head profile")
-                try:
-                    head_profile.check_compatible(geom)
-                except ValueError as e:
-                    raise ValueError(f"the 'head_profile' input does not fit this model: {e}") from e
+        with node_errors(NAME):
+            geom = glue.wan_geometry(model)
             cfg = DummyForcingConfig(
-                dummy_heads=value, scope=scope, normalise=bool(normalised_cost), ar_start=int(ar_start),
-                neighbor_chunks=int(neighbor_chunks), sink_frames=int(sink_frames), packing=bool(context_packing),
-                sample_fraction=float(profile_sample_fraction), profile_seed=int(profile_seed),
-                long_context_frames=int(long_context_frames), profile=head_profile)
-            return io.NodeOutput(glue.with_dummy_forcing(model, cfg))
+                dummy_heads=float(dummy_heads), dummy_head_count=int(dummy_head_count), scope=scope,
+                normalised_cost=bool(normalised_cost), ar_start=int(ar_start), neighbor_chunks=int(neighbor_chunks),
+                sink_frames=int(sink_frames), context_packing=bool(context_packing),
+                profile_sample_fraction=float(profile_sample_fraction), profile_seed=int(profile_seed),
+                long_context_frames=int(long_context_frames), head_profile=head_profile)
+            cfg.check_model(geom)
+            spec = (glue.cache_spec_of(model) or CacheSpec()).with_dummy_forcing(cfg)
+            return io.NodeOutput(glue.with_cache_spec(model, spec))
+
+
+class ARCachePolicy(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ARCachePolicy",
+            display_name=POLICY_NAME,
+            category=w.CATEGORY,
+            description=(
+                "Sets what the KV cache keeps for ComfyUI's own autoregressive sampler (SamplerCustomAdvanced + "
+                "Sampler AR Video): a full cache, or sink + window (the first frames plus a rolling window: bounded "
+                "memory for long videos, which core's own dense cache does not offer). Combine with Apply Dummy "
+                "Forcing (this is then the cache used until ar_start). AR Video Sampler has the same widgets; "
+                "a model from this node must agree with them. Returns a clone of the model."),
+            inputs=[
+                io.Model.Input("model", tooltip="A causal Wan2.1 diffusion model (Load Diffusion Model), optionally "
+                               "through Apply Dummy Forcing. A clone is returned; the input is left as it was."),
+                w.cache_policy(),
+                w.base_sink_frames(),
+                w.window_frames(),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="A clone of the model whose AR sampling uses "
+                                     "this cache.")],
+        )
+
+    @classmethod
+    def execute(cls, model, cache, sink_frames, window_frames) -> io.NodeOutput:
+        with node_errors(POLICY_NAME):
+            glue.wan_geometry(model)
+            spec = (glue.cache_spec_of(model) or CacheSpec()).with_base(glue.retention_of(cache, sink_frames,
+                                                                                          window_frames))
+            return io.NodeOutput(glue.with_cache_spec(model, spec))

@@ -1,109 +1,93 @@
 """ComfyUI plumbing shared by the nodes: MODEL / LATENT / CONDITIONING in, the core's types out.
 
 Everything that touches ComfyUI's own modules (model management, progress bars, latent
-formats, folders) lives here, so the node files stay thin and the core never imports comfy.
+formats, model sampling) lives here or in ``core_ar_loop.py`` (ComfyUI's own AR loop), so
+the node files stay thin and the core never imports comfy. Functions raise the core's
+:class:`~dummy_forcing_core.errors.SettingError` naming the input; ``node_errors`` adds
+the node that shows it.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
+import math
 import re
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+from PIL import Image
 
 import comfy.model_management
 import comfy.utils
-import folder_paths
 
-from dummy_forcing_core.dummy_forcing import DummyForcingConfig
-from dummy_forcing_core.kv_cache import FULL, KVCache, Retention
-from dummy_forcing_core.transformer import ChunkRunner, ModelGeometry, check_latent
+from dummy_forcing_core.cache_policy import CacheSpec
+from dummy_forcing_core.chunk_runner import ChunkRunner
+from dummy_forcing_core.errors import SettingError, check_finite
+from dummy_forcing_core.geometry import ModelGeometry, check_latent
+from dummy_forcing_core.kv_cache import FULL, Retention
+from dummy_forcing_core.sampler import RunPlan, SamplerSettings, plan_run
+
+from . import core_ar_loop
+from .core_ar_loop import CACHE_SPEC_KEY
 
 log = logging.getLogger("dummy_forcing")
 
-TRANSFORMER_OPTIONS_KEY = "dummy_forcing"   # model_options["transformer_options"][...] -> DummyForcingConfig
-PROFILE_FOLDER = "dummy_forcing_profiles"   # folder_paths name: <models>/dummy_forcing_profiles (+ output)
-PROFILE_OUTPUT_SUBDIR = os.path.join("dummy_forcing", "profiles")
-PROFILE_EXT = ".safetensors"
-CACHE_POLICIES = ["full", "sink + window"]
-
-
-# ------------------------------------------------------------------------------------ errors
-@contextlib.contextmanager
-def node_errors(node: str):
-    """Re-raise the core's ValueErrors prefixed with the node's display name. Interrupts
-    (comfy.model_management.InterruptProcessingException) and other errors pass unchanged."""
-    try:
-        yield
-    except ValueError as e:
-        msg = str(e)
-        if msg.startswith(f"{node}:"):
-            raise
-        raise ValueError(f"{node}: {msg}") from e
 
 
 # ------------------------------------------------------------------------------------ MODEL
-def wan_geometry(model, node: str, input_name: str = "model") -> ModelGeometry:
-    """The Wan transformer's geometry, or a ValueError naming the node and input."""
+def wan_geometry(model, name: str = "model") -> ModelGeometry:
+    """The Wan transformer's geometry, or a SettingError naming the input."""
     base = getattr(model, "model", None)
     dm = getattr(base, "diffusion_model", None)
     if dm is None or not hasattr(base, "latent_format"):
-        raise ValueError(f"{node}: the '{input_name}' input is not a ComfyUI diffusion model (got "
-                         f"{type(model).__name__}); connect a MODEL from Load Diffusion Model (UNETLoader) "
-                         "with a Wan2.1 text-to-video checkpoint")
+        raise SettingError("input", name, f"the '{name}' input is not a ComfyUI diffusion model (got "
+                           f"{type(model).__name__}); connect a MODEL from Load Diffusion Model (UNETLoader) with a "
+                           "Wan2.1 text-to-video checkpoint")
     try:
         geom = ModelGeometry.of(dm)
     except TypeError as e:
-        raise ValueError(f"{node}: the '{input_name}' input is a {type(base).__name__} model "
-                         f"({type(dm).__name__}), not a Wan2.1 video transformer. Load a Wan2.1 diffusion "
-                         "model (e.g. a Self Forcing / CausVid / LongLive checkpoint, T2V 1.3B) with Load "
-                         f"Diffusion Model. ({e})") from e
+        raise SettingError("input", name, f"the '{name}' input is a {type(base).__name__} model ({type(dm).__name__}), "
+                           "not a Wan2.1 video transformer. Load a Wan2.1 diffusion model (e.g. a Self Forcing / "
+                           f"CausVid / LongLive checkpoint) with Load Diffusion Model. ({e})") from e
     channels = getattr(base.latent_format, "latent_channels", geom.in_dim)
     if geom.in_dim != channels:
-        raise ValueError(f"{node}: the '{input_name}' input takes {geom.in_dim} input channels but its latents have "
-                         f"{channels}: image-to-video / control Wan models that concatenate extra channels are not "
-                         "supported; load a Wan2.1 text-to-video model (Self Forcing, CausVid, LongLive)")
+        raise SettingError("input", name, f"the '{name}' input takes {geom.in_dim} input channels but its latents have "
+                           f"{channels}: image-to-video / control Wan models that concatenate extra channels are not "
+                           "supported; load a Wan2.1 text-to-video model (Self Forcing, CausVid, LongLive)")
     return geom
 
 
-def dummy_forcing_of(model) -> DummyForcingConfig | None:
-    """The DummyForcingConfig that Apply Dummy Forcing attached to this MODEL, if any."""
+def cache_spec_of(model) -> CacheSpec | None:
+    """The CacheSpec that AR Cache Policy / Apply Dummy Forcing attached to this MODEL, if any."""
     opts = getattr(model, "model_options", None) or {}
-    cfg = (opts.get("transformer_options") or {}).get(TRANSFORMER_OPTIONS_KEY)
-    if cfg is not None and not isinstance(cfg, DummyForcingConfig):
-        raise ValueError(f"model_options['transformer_options']['{TRANSFORMER_OPTIONS_KEY}'] holds a "
-                         f"{type(cfg).__name__}, not a Dummy Forcing configuration; re-create the Apply Dummy "
-                         "Forcing node")
-    return cfg
+    spec = (opts.get("transformer_options") or {}).get(CACHE_SPEC_KEY)
+    if spec is not None and not isinstance(spec, CacheSpec):
+        raise SettingError("input", "model", f"model_options['transformer_options']['{CACHE_SPEC_KEY}'] holds a "
+                           f"{type(spec).__name__}, not the pack's cache settings; re-create the Apply Dummy Forcing "
+                           "node")
+    return spec
 
 
-def with_dummy_forcing(model, cfg: DummyForcingConfig):
-    """A clone of ``model`` carrying ``cfg``; the input patcher and its dicts are never touched."""
+def with_cache_spec(model, spec: CacheSpec):
+    """A clone of ``model`` carrying ``spec``, with ComfyUI's own AR loop routed through the
+    pack where the model has it; the input patcher and its dicts are never touched."""
     m = model.clone()
     opts = dict(m.model_options or {})
     to = dict(opts.get("transformer_options") or {})
-    to[TRANSFORMER_OPTIONS_KEY] = cfg
+    to[CACHE_SPEC_KEY] = spec
     opts["transformer_options"] = to
     m.model_options = opts
+    core_ar_loop.install(m)
     return m
 
 
-def compute_dtype(model) -> torch.dtype | None:
+def compute_dtype(model) -> torch.dtype:
     base = model.model
     dt = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
     if dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         return dt
     # e.g. fp8 storage without a manual cast dtype: compute in a real float type
     return torch.bfloat16 if torch.device(model.load_device).type == "cuda" else torch.float32
-
-
-def kv_cache_bytes(model, geom: ModelGeometry, shape, chunk_frames: int, retention: Retention = FULL) -> int:
-    """Upper bound of the KV cache a run of latent ``shape`` (B, C, F, H, W) allocates."""
-    B, _, Fr, Hh, Ww = shape
-    _, ph, pw = geom.patch_size
-    return KVCache.estimate_bytes(geom.num_layers, geom.num_heads, geom.head_dim, (Hh // ph) * (Ww // pw),
-                                  chunk_frames, Fr, retention, B, compute_dtype(model))
 
 
 def load_runner(model, chunk_shape=None, extra_bytes: int = 0) -> ChunkRunner:
@@ -120,19 +104,33 @@ def load_runner(model, chunk_shape=None, extra_bytes: int = 0) -> ChunkRunner:
     return ChunkRunner(model.model.diffusion_model, dtype=compute_dtype(model), device=model.load_device)
 
 
+def model_shift(model) -> tuple[float, str]:
+    """(shift, where it came from) of the MODEL's flow sampling: ModelSamplingSD3 / the
+    checkpoint's own setting when the model has one that is meant for causal checkpoints
+    (ComfyUI's causal AR model: 5), else 5.0, the causal checkpoints' value (a plain Wan2.1
+    model says 8, the bidirectional model's default)."""
+    ms = model.get_model_object("model_sampling") if hasattr(model, "get_model_object") else None
+    shift = getattr(ms, "shift", None)
+    if "model_sampling" in (getattr(model, "object_patches", None) or {}) and shift is not None:
+        return float(shift), "ModelSamplingSD3"
+    if shift is not None and core_ar_loop.is_causal_ar(model):
+        return float(shift), "the checkpoint (causal AR)"
+    return 5.0, "the causal checkpoints' default (the model's own is for bidirectional Wan)"
+
+
 # ------------------------------------------------------------------------------------ LATENT
-def latent_samples(latent, node: str, geom: ModelGeometry, input_name: str = "latent") -> torch.Tensor:
+def latent_samples(latent, geom: ModelGeometry, name: str = "latent") -> torch.Tensor:
     """The VAE-space samples of a LATENT, checked to be a Wan video latent for this model."""
     if not isinstance(latent, dict) or not torch.is_tensor(latent.get("samples")):
-        raise ValueError(f"{node}: the '{input_name}' input is not a LATENT (a dict with 'samples')")
+        raise SettingError("input", name, f"the '{name}' input is not a LATENT (a dict with 'samples')")
     x = latent["samples"]
     if x.ndim == 4:
-        raise ValueError(f"{node}: the '{input_name}' input is an image latent {list(x.shape)} [B, C, H, W]; this "
-                         "node generates video chunk by chunk and needs a video latent [B, 16, frames, H/8, W/8]: "
-                         "use EmptyHunyuanLatentVideo (or a Wan video latent) instead of Empty Latent Image")
+        raise SettingError("input", name, f"the '{name}' input is an image latent {list(x.shape)} [B, C, H, W]; this "
+                           "node generates video chunk by chunk and needs a video latent [B, 16, frames, H/8, W/8]: "
+                           "use EmptyHunyuanLatentVideo (or a Wan video latent) instead of Empty Latent Image")
     if latent.get("noise_mask") is not None:
-        log.warning("%s: the latent's noise_mask is ignored (the whole video is generated)", node)
-    check_latent(x, geom, f"the '{input_name}' input")
+        log.warning("the latent's noise_mask is ignored (the whole video is generated)")
+    check_latent(x.shape, geom, name)
     return x
 
 
@@ -148,71 +146,97 @@ def to_latent_output(model, x: torch.Tensor, like: dict) -> dict:
     return out
 
 
+def initial_latent_of(model) -> torch.Tensor | None:
+    """ARVideoI2V's start image latent (VAE space, [B, C, F, H, W]) carried by the MODEL."""
+    opts = getattr(model, "model_options", None) or {}
+    return ((opts.get("transformer_options") or {}).get("ar_config") or {}).get("initial_latent")
+
+
 # ------------------------------------------------------------------------------------ CONDITIONING
-def conditioning_contexts(cond, node: str, input_name: str, text_dim: int | None) -> list[torch.Tensor]:
-    """The text context tensor [B, L, dim] of every CONDITIONING entry."""
+def text_dim_of(model) -> int | None:
+    te = getattr(model.model.diffusion_model, "text_embedding", None)
+    first = te[0] if isinstance(te, torch.nn.Sequential) and len(te) else te
+    if getattr(first, "in_features", None):
+        return int(first.in_features)
+    w = getattr(first, "weight", None)
+    return int(w.shape[1]) if torch.is_tensor(w) and w.ndim == 2 else None
+
+
+def conditioning_contexts(cond, name: str, text_dim: int | None, batch: int) -> list[torch.Tensor]:
+    """The text context tensor [1 or batch, L, dim] of every CONDITIONING entry."""
     if not isinstance(cond, (list, tuple)) or not cond:
-        raise ValueError(f"{node}: the '{input_name}' input is empty; connect a CONDITIONING from CLIP Text Encode")
+        raise SettingError("input", name, f"the '{name}' input is empty; connect a CONDITIONING from CLIP Text Encode")
     out = []
     for i, entry in enumerate(cond):
         t = entry[0] if isinstance(entry, (list, tuple)) and entry else None
         if not torch.is_tensor(t) or t.ndim != 3:
-            raise ValueError(f"{node}: entry {i} of the '{input_name}' input is not a text conditioning "
-                             f"[batch, tokens, dim] (got {type(t).__name__}"
-                             f"{'' if not torch.is_tensor(t) else ' of shape ' + str(list(t.shape))})")
+            raise SettingError("input", name, f"entry {i} of the '{name}' input is not a text conditioning [batch, "
+                               f"tokens, dim] (got {type(t).__name__}"
+                               f"{'' if not torch.is_tensor(t) else ' of shape ' + str(list(t.shape))})")
         if text_dim is not None and t.shape[-1] != text_dim:
-            raise ValueError(f"{node}: the '{input_name}' conditioning has {t.shape[-1]}-dim tokens but the model's "
-                             f"text embedding takes {text_dim} (umT5-XXL for Wan2.1); encode the prompt with a "
-                             "CLIP loaded as type 'wan' (umt5_xxl)")
+            raise SettingError("input", name, f"the '{name}' conditioning has {t.shape[-1]}-dim tokens but the model's "
+                               f"text embedding takes {text_dim} (umT5-XXL for Wan2.1); encode the prompt with a CLIP "
+                               "loaded as type 'wan' (umt5_xxl)")
+        if t.shape[0] not in (1, batch):
+            raise SettingError("input", name, f"the '{name}' conditioning has batch {t.shape[0]} but the latent has "
+                               f"batch {batch}; give one prompt (batch 1, used for every video) or one per video "
+                               f"({batch})")
+        check_finite(t, "input", name)
         out.append(t)
     return out
 
 
-def text_dim_of(model) -> int | None:
-    te = getattr(model.model.diffusion_model, "text_embedding", None)
-    first = te[0] if isinstance(te, torch.nn.Sequential) and len(te) else te
-    w = getattr(first, "weight", None)
-    if getattr(first, "in_features", None):
-        return int(first.in_features)
-    return int(w.shape[1]) if torch.is_tensor(w) and w.ndim == 2 else None
-
-
-def check_context_batch(ctx: torch.Tensor, batch: int, node: str, input_name: str) -> None:
-    if ctx.shape[0] not in (1, batch):
-        raise ValueError(f"{node}: the '{input_name}' conditioning has batch {ctx.shape[0]} but the latent has batch "
-                         f"{batch}; give one prompt (batch 1, used for every video) or one per video ({batch})")
-
-
 # ------------------------------------------------------------------------------------ widgets
-def parse_timesteps(text: str, node: str, input_name: str = "denoise_timesteps") -> tuple[float, ...] | None:
+def parse_timesteps(text: str, name: str = "denoise_timesteps") -> tuple[float, ...] | None:
     """"1000,750,500,250" -> (1000.0, 750.0, 500.0, 250.0); empty -> None (use steps)."""
-    parts = [p for p in re.split(r"[,\s;]+", (text or "").strip()) if p]
-    if not parts:
+    text = (text or "").strip()
+    if not text:
         return None
+    parts = [p.strip() for p in re.split(r"[,;]", text)]
+    parts = [q for p in parts for q in (p.split() or [""])]
+    usage = (f"'{name}' must be a comma-separated list of timesteps in (0, 1000] such as 1000,750,500,250 (or empty "
+             f"to use 'steps'), got {text!r}")
+    if any(p == "" for p in parts):
+        raise SettingError("sampler", name, usage + ": it has an empty item")
     try:
         vals = tuple(float(p) for p in parts)
     except ValueError:
-        raise ValueError(f"{node}: '{input_name}' must be a comma-separated list of timesteps in (0, 1000] such as "
-                         f"1000,750,500,250 (or empty to use 'steps'), got {text!r}") from None
-    bad = [v for v in vals if not 0.0 < v <= 1000.0]
+        raise SettingError("sampler", name, usage) from None
+    bad = [v for v in vals if not math.isfinite(v) or not 0.0 < v <= 1000.0]
     if bad:
-        raise ValueError(f"{node}: '{input_name}' values must be in (0, 1000], got {bad} in {text!r}")
+        raise SettingError("sampler", name, f"'{name}' values must be in (0, 1000], got {bad} in {text!r}")
     return vals
 
 
-def retention_of(cache: str, sink_frames: int, window_frames: int, node: str) -> Retention:
+def retention_of(cache: str, sink_frames: int, window_frames: int) -> Retention:
     if cache == "full":
         return FULL
     if cache == "sink + window":
         return Retention(int(sink_frames), int(window_frames))
-    raise ValueError(f"{node}: 'cache' must be one of {CACHE_POLICIES}, got {cache!r}")
+    raise SettingError("cache", "cache", f"'cache' must be 'full' or 'sink + window', got {cache!r}")
+
+
+def sigmas_of(sigmas) -> tuple[float, ...]:
+    """A SIGMAS input [s0, ..., 0] -> the denoising sigmas (the final zeros dropped)."""
+    s = [float(v) for v in torch.as_tensor(sigmas).detach().flatten().cpu().tolist()]
+    while s and s[-1] == 0.0:
+        s.pop()
+    if not s:
+        raise SettingError("sampler", "sigmas", "the 'sigmas' input has no step above 0; connect BasicScheduler "
+                           "(e.g. simple, 4 steps)")
+    return tuple(s)
+
+
+def image_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 [h, w, 3] -> IMAGE [1, h, w, 3] float 0..1."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).float().div(255.0).unsqueeze(0)
 
 
 # ------------------------------------------------------------------------------------ progress
 def _preview_settings() -> tuple[bool, int]:
     """(enabled, max size) from ComfyUI's --preview-method / --preview-size (on when unknown)."""
     try:
-        from comfy.cli_args import LatentPreviewMethod, args
+        from comfy.cli_args import LatentPreviewMethod, args  # noqa: PLC0415 - absent in some hosts
     except Exception:
         return True, 512
     return args.preview_method != LatentPreviewMethod.NoPreviews, int(getattr(args, "preview_size", 512))
@@ -227,7 +251,6 @@ def make_previewer(model):
     if not enabled or factors is None:
         return None
     try:
-        from PIL import Image
         w = torch.tensor(factors, dtype=torch.float32)                 # [C, 3]
         bias = getattr(fmt, "latent_rgb_factors_bias", None)
         b = torch.tensor(bias, dtype=torch.float32) if bias is not None else torch.zeros(3)
@@ -269,58 +292,29 @@ class Progress:
         self.pbar.update_absolute(min(self.done, self.total), self.total, preview)
 
 
-# ------------------------------------------------------------------------------------ folders
-def profile_output_dir() -> str:
-    return os.path.join(folder_paths.get_output_directory(), PROFILE_OUTPUT_SUBDIR)
+# ------------------------------------------------------------------------------------ a run
+@dataclass
+class PreparedRun:
+    """What a running node needs once its inputs are checked and the model is loaded."""
+
+    runner: ChunkRunner
+    samples: torch.Tensor          # the LATENT's samples (VAE space)
+    contexts: list[torch.Tensor]   # text contexts [1 or B, L, dim], one per conditioning entry
+    plan: RunPlan                  # one video's plan (pieces, passes, KV bytes)
+    progress: Progress
 
 
-def register_profile_folders() -> None:
-    """<models>/dummy_forcing_profiles and <output>/dummy_forcing/profiles as the folder
-    'dummy_forcing_profiles' (idempotent; also picks up a changed output directory)."""
-    add = getattr(folder_paths, "add_model_folder_path", None)
-    if add is None:
-        return
-    models_dir = getattr(folder_paths, "models_dir", None)
-    if models_dir:
-        add(PROFILE_FOLDER, os.path.join(models_dir, PROFILE_FOLDER))
-    add(PROFILE_FOLDER, profile_output_dir())
-
-
-def list_profiles() -> list[str]:
-    register_profile_folders()
-    try:
-        names = folder_paths.get_filename_list(PROFILE_FOLDER)
-    except Exception:
-        names = []
-    return sorted(n for n in names if n.lower().endswith(PROFILE_EXT))
-
-
-def profile_path(name: str, node: str) -> str:
-    register_profile_folders()
-    path = folder_paths.get_full_path(PROFILE_FOLDER, name)
-    if path is None:
-        where = ", ".join(folder_paths.get_folder_paths(PROFILE_FOLDER))
-        raise ValueError(f"{node}: head profile {name!r} not found in {where}")
-    return path
-
-
-def safe_profile_name(name: str, node: str) -> str:
-    name = (name or "").strip()
-    if name.lower().endswith(PROFILE_EXT):
-        name = name[: -len(PROFILE_EXT)]
-    if not name or name in (".", "..") or re.search(r"[\\/:*?\"<>|\x00-\x1f]", name) or name.startswith("."):
-        raise ValueError(f"{node}: save_name {name!r} is not a plain file name; use letters, digits, '-', '_' "
-                         "(no folders), e.g. self_forcing_480p")
-    return name
-
-
-def unused_profile_path(name: str) -> str:
-    """<output>/dummy_forcing/profiles/<name>.safetensors, or <name>_2, _3, ... if taken."""
-    folder = profile_output_dir()
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, name + PROFILE_EXT)
-    i = 2
-    while os.path.exists(path):
-        path = os.path.join(folder, f"{name}_{i}{PROFILE_EXT}")
-        i += 1
-    return path
+def prepare_run(model, latent, conditioning, conditioning_name: str, settings: SamplerSettings, spec,
+                start_frames: int = 0, videos: int = 1, given_in_one_piece: bool = False) -> PreparedRun:
+    """Check every input and setting, plan the video (nothing loaded yet, so a bad setting
+    costs nothing), then load the model with room for a chunk and the KV cache. ``videos``:
+    how many videos of this plan the node runs (the progress bar spans them all)."""
+    geom = wan_geometry(model)
+    samples = latent_samples(latent, geom)
+    contexts = conditioning_contexts(conditioning, conditioning_name, text_dim_of(model), samples.shape[0])
+    plan = plan_run(geom, samples.shape, settings, spec, start_frames, compute_dtype(model), given_in_one_piece)
+    progress = Progress(model, plan.passes * videos)
+    progress.check()
+    B, C, _, Hh, Ww = samples.shape
+    runner = load_runner(model, (B, C, settings.chunk_frames, Hh, Ww), plan.kv_bytes)
+    return PreparedRun(runner, samples, contexts, plan, progress)

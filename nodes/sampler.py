@@ -1,16 +1,21 @@
-"""AR Video Sampler: the core's chunk-by-chunk flow-matching loop on a ComfyUI MODEL."""
+"""AR Video Sampler: the pack's chunk-by-chunk flow-matching loop on a ComfyUI MODEL."""
 from __future__ import annotations
 
 import logging
 
 from comfy_api.latest import io
 
-from dummy_forcing_core.sampler import SamplerSettings, flow_sigmas, generate, plan_chunks
+from dummy_forcing_core.cache_policy import CacheSpec
+from dummy_forcing_core.errors import SettingError
+from dummy_forcing_core.sampler import SamplerSettings, generate
 
 from . import comfy_glue as glue
 from . import widgets as w
+from .node_errors import node_errors
 
 NAME = "AR Video Sampler"
+OWNERS = {"dummy_forcing": "Apply Dummy Forcing"}
+NOISE_LAYOUTS = ["pack", "comfy"]
 log = logging.getLogger("dummy_forcing")
 
 
@@ -26,40 +31,41 @@ class ARVideoSampler(io.ComfyNode):
                 "already made (Self Forcing / CausVid / LongLive / Causal Forcing checkpoints). Each chunk is "
                 "denoised in a few steps while attending to the cached context, then a clean pass writes its "
                 "keys/values to the cache. When the model comes through Apply Dummy Forcing, the cache becomes "
-                "per-head after ar_start (sink, neighbor and dummy heads): less memory, faster attention. "
-                "Returns the latent (decode it with VAE Decode) and the run's statistics for Cache Stats."),
+                "per-head after ar_start (sink, neighbor and dummy heads): less memory, faster attention. An "
+                "ARVideoI2V start image on the model is used as the first frame. Returns the latent (decode it with "
+                "VAE Decode) and the run's statistics for Cache Stats."),
             inputs=[
                 io.Model.Input(
                     "model", tooltip="A Wan2.1 text-to-video diffusion model (Load Diffusion Model), ideally a causal "
-                    "/ few-step checkpoint such as Self Forcing. Optionally through Apply Dummy Forcing. LoRAs and "
-                    "weight patches applied by other nodes are used."),
+                    "/ few-step checkpoint such as Self Forcing. Optionally through Apply Dummy Forcing, ARVideoI2V "
+                    "(start image) or ModelSamplingSD3 (shift). LoRAs and weight patches applied by other nodes are "
+                    "used."),
                 io.Conditioning.Input(
                     "positive", tooltip="The prompt (CLIP Text Encode with a umT5-XXL CLIP of type 'wan'). Only the "
                     "first conditioning entry is used (combined conditionings are not mixed); its batch must be 1 "
                     "or the latent's batch. There is no negative prompt: distilled causal models run without CFG."),
                 io.Latent.Input(
                     "latent", tooltip="A Wan video latent [batch, 16, frames, height/8, width/8], e.g. from "
-                    "EmptyHunyuanLatentVideo (length 81 -> 21 latent frames). Its shape sets resolution, length and "
-                    "batch. Its content is ignored except the first 'start_frames' frames."),
+                    "EmptyHunyuanLatentVideo or EmptyARVideoLatent (length 81 -> 21 latent frames). Its shape sets "
+                    "resolution, length and batch. Its content is ignored except the first 'start_frames' frames."),
+                io.Sigmas.Input(
+                    "sigmas", optional=True,
+                    tooltip="Optional SIGMAS (e.g. BasicScheduler, simple, 4 steps on the same model) used as every "
+                    "chunk's denoising schedule, as core's Sampler AR Video does. When connected, "
+                    "denoise_timesteps, steps and shift are not used."),
+                io.Noise.Input(
+                    "noise", optional=True,
+                    tooltip="Optional NOISE (RandomNoise): its seed and noise replace 'seed' and the noise layout is "
+                    "core's (as 'noise_layout' comfy), so one RandomNoise seed gives the same video here and in "
+                    "SamplerCustomAdvanced + Sampler AR Video."),
                 w.seed(),
                 w.denoise_timesteps(),
                 w.steps(),
                 w.shift(),
                 w.frames_per_chunk(),
-                io.Combo.Input(
-                    "cache", options=list(glue.CACHE_POLICIES), default="full",
-                    tooltip="What the KV cache keeps of past frames. 'full' (default): every generated frame (Self "
-                    "Forcing's setting; memory grows with the video). 'sink + window': the first 'sink_frames' "
-                    "frames forever plus the last 'window_frames' (LongLive-style; bounded memory for long videos). "
-                    "With Dummy Forcing this is the cache used until ar_start."),
-                io.Int.Input(
-                    "sink_frames", default=3, min=0, max=1024,
-                    tooltip="'sink + window' only: latent frames at the start of the video that stay in the cache "
-                    "forever (attention sink). Default 3 (one chunk), as LongLive. Ignored with 'full'."),
-                io.Int.Input(
-                    "window_frames", default=12, min=0, max=4096,
-                    tooltip="'sink + window' only: most recent latent frames kept in the cache (default 12 = 4 chunks "
-                    "of 3). Larger windows remember more but cost memory and time. Ignored with 'full'."),
+                w.cache_policy(),
+                w.base_sink_frames(),
+                w.window_frames(),
                 io.Int.Input(
                     "context_timestep", default=0, min=0, max=999,
                     tooltip="Timestep of the pass that writes a finished chunk into the cache. 0 (default): the "
@@ -68,7 +74,14 @@ class ARVideoSampler(io.ComfyNode):
                     "start_frames", default=0, min=0, max=4096,
                     tooltip="Leading latent frames of the input latent taken as given (image-to-video from a VAE-"
                     "encoded image, or continuing a video): they are encoded into the cache and copied to the "
-                    "output unchanged; generation starts after them. Default 0: generate everything."),
+                    "output unchanged; generation starts after them. Default 0. Leave 0 with ARVideoI2V, whose start "
+                    "image is used instead."),
+                io.Combo.Input(
+                    "noise_layout", options=NOISE_LAYOUTS, default="pack",
+                    tooltip="How the seed becomes noise. 'pack' (default): one CPU generator drawn in a fixed order, "
+                    "the same video on any device. 'comfy': the layout of core's Sampler AR Video with a RandomNoise "
+                    "of this seed (start noise over the whole latent, fresh noise seeded per chunk and step on the "
+                    "device), so both samplers make the same video on one device."),
             ],
             outputs=[
                 io.Latent.Output(display_name="LATENT", tooltip="The video latent (VAE space): decode with VAE Decode."),
@@ -79,29 +92,42 @@ class ARVideoSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, latent, seed, denoise_timesteps, steps, shift, frames_per_chunk, cache,
-                sink_frames, window_frames, context_timestep, start_frames) -> io.NodeOutput:
-        with glue.node_errors(NAME):
-            geom = glue.wan_geometry(model, NAME)
-            df = glue.dummy_forcing_of(model)
-            samples = glue.latent_samples(latent, NAME, geom)
-            B, C, Fr, Hh, Ww = samples.shape
-            contexts = glue.conditioning_contexts(positive, NAME, "positive", glue.text_dim_of(model))
-            if len(contexts) > 1:
-                log.warning("%s: 'positive' holds %d conditionings; only the first is used", NAME, len(contexts))
-            context = contexts[0]
-            glue.check_context_batch(context, B, NAME, "positive")
+                sink_frames, window_frames, context_timestep, start_frames, noise_layout="pack", sigmas=None,
+                noise=None) -> io.NodeOutput:
+        with node_errors(NAME, OWNERS):
+            spec = _cache_spec(model, glue.retention_of(cache, sink_frames, window_frames))
             settings = SamplerSettings(
-                chunk_frames=int(frames_per_chunk), timesteps=glue.parse_timesteps(denoise_timesteps, NAME),
-                steps=int(steps), shift=float(shift), context_timestep=float(context_timestep),
-                retention=glue.retention_of(cache, sink_frames, window_frames, NAME), seed=int(seed))
-            sigmas = flow_sigmas(settings)
-            _, chunks = plan_chunks(Fr, settings.chunk_frames, int(start_frames))
-            progress = glue.Progress(model, len(chunks) * len(sigmas))
-            progress.check()
-            kv = glue.kv_cache_bytes(model, geom, samples.shape, settings.chunk_frames, settings.retention)
-            runner = glue.load_runner(model, (B, C, settings.chunk_frames, Hh, Ww), kv)
-            start = glue.to_model_space(model, samples) if start_frames else None
-            result = generate(runner, context, (B, C, Fr, Hh, Ww), settings, dummy_forcing=df,
-                              start_latent=start, start_frames=int(start_frames), callback=progress)
+                chunk_frames=int(frames_per_chunk), timesteps=glue.parse_timesteps(denoise_timesteps),
+                steps=int(steps), shift=float(shift) if shift > 0 else glue.model_shift(model)[0],
+                sigmas=None if sigmas is None else glue.sigmas_of(sigmas), context_timestep=float(context_timestep),
+                seed=int(getattr(noise, "seed", seed)), noise="comfy" if noise is not None else noise_layout)
+            initial = glue.initial_latent_of(model)
+            if initial is not None and start_frames:
+                raise SettingError("sampler", "start_frames", "the model carries an ARVideoI2V start image and "
+                                   f"'start_frames' is {start_frames}: use one of them (set 'start_frames' to 0)")
+            n_start = int(initial.shape[2]) if initial is not None else int(start_frames)
+            run = glue.prepare_run(model, latent, positive, "positive", settings, spec, n_start,
+                                   given_in_one_piece=initial is not None)
+            if len(run.contexts) > 1:
+                log.warning("%s: 'positive' holds %d conditionings; only the first is used", NAME, len(run.contexts))
+            start = None
+            if n_start:
+                start = glue.to_model_space(model, initial if initial is not None else run.samples)
+                start = start.expand(run.samples.shape[0], *start.shape[1:])
+            init_noise = None if noise is None else noise.generate_noise({"samples": run.samples})
+            result = generate(run.runner, run.contexts[0], tuple(run.samples.shape), settings, spec,
+                              start_latent=start, start_frames=n_start, callback=run.progress,
+                              initial_noise=init_noise, given_in_one_piece=initial is not None)
             out = glue.to_latent_output(model, result.latent, latent)
         return io.NodeOutput(out, result.stats)
+
+
+def _cache_spec(model, widget_base) -> CacheSpec:
+    """The model's cache settings with this node's base cache; a base set by AR Cache Policy
+    must agree with this node's widgets (one value, one place)."""
+    spec = glue.cache_spec_of(model) or CacheSpec()
+    if spec.base is not None and spec.base != widget_base:
+        raise SettingError("cache", "cache", f"the model comes through AR Cache Policy ({spec.base.describe()}) but this "
+                           f"node's 'cache' widgets say {widget_base.describe()}: set them the same, or leave AR Cache "
+                           "Policy out (it is for ComfyUI's own Sampler AR Video)")
+    return spec.with_base(widget_base)

@@ -36,10 +36,12 @@ def steps() -> io.Int.Input:
 
 def shift() -> io.Float.Input:
     return io.Float.Input(
-        "shift", default=5.0, min=0.01, max=100.0, step=0.01,
-        tooltip="Flow-matching shift applied to the timesteps: sigma' = shift*s / (1 + (shift-1)*s). Default 5.0 "
-                "(Self Forcing, LongLive, Causal Forcing); CausVid uses 8. Higher values spend more of the schedule "
-                "at high noise (more global structure). This node does not read ModelSamplingSD3's shift.")
+        "shift", default=0.0, min=0.0, max=100.0, step=0.01,
+        tooltip="Flow-matching shift applied to the timesteps: sigma' = shift*s / (1 + (shift-1)*s). Default 0 = from "
+                "the model: ModelSamplingSD3's shift when the model comes through it, the checkpoint's own when "
+                "ComfyUI loads it as a causal AR model (5), else 5.0, the value Self Forcing, LongLive and Causal "
+                "Forcing were distilled with. Set a value to override (CausVid uses 8). Unused when 'sigmas' is "
+                "connected.")
 
 
 def frames_per_chunk() -> io.Int.Input:
@@ -48,3 +50,29 @@ def frames_per_chunk() -> io.Int.Input:
         tooltip="Latent frames generated per autoregressive chunk (default 3 = 12 video frames, chunk-wise Self "
                 "Forcing / LongLive). Use 1 for frame-wise checkpoints. Must match how the checkpoint was trained; "
                 "a last chunk that does not fill up is generated shorter.")
+
+
+CACHE_POLICIES = ["full", "sink + window"]
+
+
+def cache_policy() -> io.Combo.Input:
+    return io.Combo.Input(
+        "cache", options=list(CACHE_POLICIES), default="full",
+        tooltip="What the KV cache keeps of past frames. 'full' (default): every generated frame (Self Forcing's "
+                "setting; memory grows with the video). 'sink + window': the first 'sink_frames' frames forever plus "
+                "the last 'window_frames' (LongLive-style; bounded memory for long videos). With Dummy Forcing this "
+                "is the cache used until ar_start.")
+
+
+def base_sink_frames() -> io.Int.Input:
+    return io.Int.Input(
+        "sink_frames", default=3, min=0, max=1024,
+        tooltip="'sink + window' only: latent frames at the start of the video that stay in the cache forever "
+                "(attention sink). Default 3 (one chunk), as LongLive. Ignored with 'full'.")
+
+
+def window_frames() -> io.Int.Input:
+    return io.Int.Input(
+        "window_frames", default=12, min=0, max=4096,
+        tooltip="'sink + window' only: most recent latent frames kept in the cache (default 12 = 4 chunks of 3). "
+                "Larger windows remember more but cost memory and time. Ignored with 'full'.")

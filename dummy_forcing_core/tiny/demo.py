@@ -15,11 +15,11 @@ import time
 import numpy as np
 import torch
 
+from ..cache_policy import CacheSpec
 from ..dummy_forcing import DummyForcingConfig
-from ..kv_cache import Retention
 from ..sampler import SamplerSettings, generate
 from ..stats import format_bytes
-from ..transformer import ChunkRunner
+from ..chunk_runner import ChunkRunner
 from .codec import PixelCodec, to_uint8
 from .metrics import WORLD_KEYS, psnr, ssim, world_metrics
 from .model import load_tiny
@@ -73,8 +73,7 @@ def run_pair(model, text, prompt: str, seed: int = 0, frames: int = 24, df: Dumm
     runner = ChunkRunner(model, dtype=dtype, device=device)
     with torch.no_grad():
         ctx = text.encode([prompt]).to(device)
-    settings = settings or SamplerSettings(chunk_frames=model.tiny_config["train"]["chunk_frames"], seed=seed,
-                                           retention=Retention())
+    settings = settings or SamplerSettings(chunk_frames=model.tiny_config["train"]["chunk_frames"], seed=seed)
     df = df or DummyForcingConfig()
     shape = (1, C, frames, h, w)
     if warmup:  # first calls pay for allocator / kernel set-up: keep them out of the timing
@@ -82,7 +81,7 @@ def run_pair(model, text, prompt: str, seed: int = 0, frames: int = 24, df: Dumm
     out = {}
     for name, cfg in (("full", None), ("df", df)):
         t0 = time.perf_counter()
-        res = generate(runner, ctx, shape, settings, dummy_forcing=cfg)
+        res = generate(runner, ctx, shape, settings, CacheSpec(dummy_forcing=cfg))
         out[name + "_seconds"] = time.perf_counter() - t0
         out[name + "_stats"] = res.stats
         out[name] = codec.decode(res.latent.float().cpu())[0]
@@ -111,7 +110,7 @@ def main(argv=None):
     if unknown:
         print(f"note: words the tiny model does not know (ignored as <unk>): {', '.join(unknown)}")
     df = DummyForcingConfig(dummy_heads=args.dummy_heads, ar_start=args.ar_start, neighbor_chunks=args.neighbor_chunks,
-                            sink_frames=args.sink_frames, packing=not args.no_packing)
+                            sink_frames=args.sink_frames, context_packing=not args.no_packing)
     r = run_pair(model, text, args.prompt, args.seed, args.frames, df, device=args.device)
     full, dfv = r["full"], r["df"]
     diff = ((dfv - full).abs() * 4 - 1).clamp(-1, 1)

@@ -30,14 +30,17 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 
-from ..dummy_forcing import DummyForcingConfig, profile_heads
+from ..cache_policy import CacheSpec
+from ..chunk_runner import ChunkRunner
+from ..dummy_forcing import DummyForcingConfig
+from ..head_profile import HeadProfile, ProfilingSpec, profile_heads
 from ..head_program import HeadType
+from ..heatmap import head_map_image
 from ..kv_cache import Retention
-from ..profile import HeadProfile
 from ..sampler import SamplerSettings, generate
 from ..stats import format_bytes
-from ..transformer import ChunkRunner
 from .codec import PixelCodec
 from .dataset import ShapesWorld
 from .metrics import mean_metrics, psnr, ssim, world_metrics
@@ -65,12 +68,12 @@ def settings_grid(geometry, fractions=(0.25, 0.5, 0.75), Ls=(1, 2), packings=(Tr
             {"name": "all heads: sink 1 + window 3", "df": None, "retention": Retention(sink=1, window=3)}]
     for frac, L, pack in itertools.product(fractions, Ls, packings):
         rows.append({"name": f"DF {frac:.0%} L={L} packing {'on' if pack else 'off'}",
-                     "df": DummyForcingConfig(dummy_heads=frac, neighbor_chunks=L, packing=pack, sink_frames=1,
+                     "df": DummyForcingConfig(dummy_heads=frac, neighbor_chunks=L, context_packing=pack, sink_frames=1,
                                               ar_start=1),
                      "retention": Retention(), "fraction": frac, "L": L, "packing": pack})
     rows.append({"name": "random 50% dummy L=1 packing on",
-                 "df": DummyForcingConfig(dummy_heads=0.5, neighbor_chunks=1, packing=True,
-                                          profile=random_profile(geometry)),
+                 "df": DummyForcingConfig(dummy_heads=0.5, neighbor_chunks=1, context_packing=True,
+                                          head_profile=random_profile(geometry)),
                  "retention": Retention(), "fraction": 0.5, "L": 1, "packing": True, "random": True})
     return rows
 
@@ -105,8 +108,8 @@ def evaluate(model, text, n_prompts: int = 8, seeds=(0, 1), frames: int = 24, de
         for seed in seeds:
             ref = None
             for g in grid:
-                st = SamplerSettings(chunk_frames=chunk, seed=int(seed), retention=g["retention"])
-                res = generate(runner, ctx, shape, st, dummy_forcing=g["df"])
+                st = SamplerSettings(chunk_frames=chunk, seed=int(seed))
+                res = generate(runner, ctx, shape, st, CacheSpec(g["retention"], g["df"]))
                 video = codec.decode(res.latent.float().cpu())[0]
                 if ref is None:
                     ref = video
@@ -134,7 +137,7 @@ def evaluate(model, text, n_prompts: int = 8, seeds=(0, 1), frames: int = 24, de
         table.append(m)
 
     profile = profile_heads(runner, [text.encode([p]).to(device) for p, _ in prompts], shape,
-                            SamplerSettings(chunk_frames=chunk), list(seeds), ar_start=1, num_chunks=1, sink_frames=1)
+                            SamplerSettings(chunk_frames=chunk), list(seeds), ProfilingSpec.create(geometry))
     assign50 = profile.assign(0.5)
     scores = profile.scores
     return {
@@ -257,10 +260,6 @@ def main(argv=None):
     if args.head_profile:
         profile.save(args.head_profile)
     if args.head_map:
-        from PIL import Image
-
-        from ..heatmap import head_map_image
-
         img = head_map_image(profile.scores, torch.tensor(res["head_profile"]["assign_50"]), cell=24)
         Image.fromarray(img).save(args.head_map)
     md = to_markdown(res)

@@ -14,9 +14,9 @@ block mask: clean chunk i attends clean chunks <= i (the cache pass), noisy chun
 clean chunks < i and itself (a denoising pass). The loss is on the noisy half only.
 ``tests/core/test_tiny_train.py`` checks this equals :class:`ChunkRunner` with a full cache.
 
-The forward is built from :mod:`dummy_forcing_core.transformer`'s pieces (``embed_patches``,
-``time_embed``, ``text_cache``, ``block_forward``, ``head_forward``) and a RoPE table that
-repeats ``rope_table`` for each half. Attention: SDPA with a boolean mask, or (CUDA)
+The forward is :func:`dummy_forcing_core.wan_blocks.wan_forward` (the skeleton the chunk
+runner uses too) over the doubled sequence, with a RoPE table that repeats ``rope_table`` for
+each half. Attention: SDPA with a boolean mask, or (CUDA)
 FlexAttention with a block mask, which skips the ~70% of the score blocks the mask removes;
 ``--attn auto`` times both for a few steps and keeps the faster.
 
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..rope import RopeTable, rope_table
-from ..transformer import block_forward, embed_patches, head_forward, text_cache, time_embed, unpatchify
+from ..wan_blocks import text_cache, unpatchify, wan_forward
 from ..wan_model import WanConfig, WanModel
 from .codec import PixelCodec
 from .dataset import ShapesWorld
@@ -191,18 +191,16 @@ def teacher_forcing_forward(model: WanModel, x0: torch.Tensor, xt: torch.Tensor,
     (0..1000) of the noisy frames; context: [B, L_text, text_dim]; t_clean: [B, F] timesteps
     of the context frames (default 0: clean, as the sampler's cache pass with
     context_timestep 0). Returns [B, out_dim, F, H, W]."""
-    B, _, Fr = x0.shape[:3]
-    tokens, grid = embed_patches(model, torch.cat([x0, xt], dim=2), dtype)
+    Fr = x0.shape[2]
+    _, ph, pw = model.patch_size
+    h, w = x0.shape[3] // ph, x0.shape[4] // pw
     ts = torch.cat([torch.zeros_like(t_frames) if t_clean is None else t_clean.to(t_frames), t_frames], dim=1)
-    e, e0 = time_embed(model, ts, dtype)
-    rope = doubled_rope(Fr, grid[1], grid[2], model.dim // model.num_heads, x0.device,
+    rope = doubled_rope(Fr, h, w, model.dim // model.num_heads, x0.device,
                         torch.float64 if dtype == torch.float64 else torch.float32)
-    ctx = text_cache(model, context, dtype)
-    for i, block in enumerate(model.blocks):
-        tokens = block_forward(block, tokens, e0, rope, attend, *ctx.kv[i])
-    out = head_forward(model, tokens, e)
-    L = tokens.shape[1] // 2
-    return unpatchify(out[:, L:], (Fr, grid[1], grid[2]), tuple(model.patch_size), model.out_dim)
+    out, _ = wan_forward(model, torch.cat([x0, xt], dim=2), ts, text_cache(model, context, dtype), rope,
+                         lambda _layer, q, k, v: attend(q, k, v), dtype)
+    L = out.shape[1] // 2
+    return unpatchify(out[:, L:], (Fr, h, w), tuple(model.patch_size), model.out_dim)
 
 
 def shift_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:

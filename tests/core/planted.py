@@ -33,9 +33,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from dummy_forcing_core.head_program import HeadType  # noqa: E402
-from dummy_forcing_core.profiler import AttentionProfiler  # noqa: E402
+from dummy_forcing_core.attention_profiler import AttentionProfiler  # noqa: E402
 from dummy_forcing_core.rope import rope_axes  # noqa: E402
-from dummy_forcing_core.transformer import ChunkRunner  # noqa: E402
+from dummy_forcing_core.chunk_runner import ChunkRunner  # noqa: E402
 from dummy_forcing_core.wan_model import WanConfig, WanModel  # noqa: E402
 
 KIND_TYPE = {"sink": HeadType.SINK, "neighbor": HeadType.NEIGHBOR, "dummy": HeadType.DUMMY}

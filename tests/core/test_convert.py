@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, make_tiny_wan
+from helpers import ROOT, make_tiny_wan
 from dummy_forcing_core.convert import (COMFY_CONFIG, ConversionError, convert_checkpoint, load_converted,
                                         load_lora_state_dict, load_wan_state_dict, merge_lora)
 from dummy_forcing_core.wan_model import WanModel

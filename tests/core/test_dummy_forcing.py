@@ -2,13 +2,15 @@
 import pytest
 import torch
 
-from conftest import make_tiny_wan
+from helpers import make_tiny_wan
+from dummy_forcing_core.cache_policy import CacheSpec
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
 from dummy_forcing_core.head_program import HeadType
 from dummy_forcing_core.kv_cache import FULL, Retention
-from dummy_forcing_core.profile import HeadProfile
+from dummy_forcing_core.head_profile import HeadProfile, ProfilingSpec, profile_heads
 from dummy_forcing_core.sampler import SamplerSettings, flow_sigmas, generate
-from dummy_forcing_core.transformer import ChunkRunner, ModelGeometry
+from dummy_forcing_core.chunk_runner import ChunkRunner
+from dummy_forcing_core.geometry import ModelGeometry
 from reference_wan import reference_forward
 
 H_LAT, W_LAT, TPF = 4, 6, 6
@@ -35,10 +37,10 @@ def visible(cfg, base, chunk_frames, ar_start, head_type, q_chunk, q_start, k_fr
         return k_frame < S
     if head_type == NEIGH:
         return k_frame >= q_start - cfg.neighbor_frames(chunk_frames)
-    return cfg.packing and k_frame >= q_start - S
+    return cfg.context_packing and k_frame >= q_start - S
 
 
-def reference_generate(model, ctx, shape, settings, cfg, types):
+def reference_generate(model, ctx, shape, settings, cfg, types, base=FULL):
     """The sampling loop written out: every pass recomputes the prefix with the reference
     forward, each query chunk masked per layer and head as Dummy Forcing prescribes."""
     B, C, Fr, Hh, Ww = shape
@@ -59,7 +61,7 @@ def reference_generate(model, ctx, shape, settings, cfg, types):
                 for layer in range(Lyr):
                     for h in range(Hd):
                         t = types[layer][h] if types is not None else None
-                        ok = kc == qc or (kc < qc and visible(cfg, settings.retention, c, cfg.ar_start if cfg else 0,
+                        ok = kc == qc or (kc < qc and visible(cfg, base, c, cfg.ar_start if cfg else 0,
                                                               t, qc, qs, kf))
                         mask[layer, h, qf, kf] = ok
         mask = mask.repeat_interleave(TPF, 2).repeat_interleave(TPF, 3)
@@ -93,11 +95,11 @@ N_DUMMY = sum(t == DUMMY for layer in MIXED for t in layer)
 @pytest.mark.parametrize("packing,sink,L,long_ctx", [(True, 1, 1, 0), (False, 1, 1, 0), (True, 2, 2, 0),
                                                      (True, 1, 1, 5)])
 def test_packed_generation_equals_per_head_masked_reference(model, ctx, packing, sink, L, long_ctx):
-    cfg = DummyForcingConfig(dummy_heads=N_DUMMY, ar_start=1, neighbor_chunks=L, sink_frames=sink, packing=packing,
-                             long_context_frames=long_ctx, profile=profile_for(model, MIXED))
+    cfg = DummyForcingConfig(dummy_head_count=N_DUMMY, ar_start=1, neighbor_chunks=L, sink_frames=sink,
+                             context_packing=packing, long_context_frames=long_ctx, head_profile=profile_for(model, MIXED))
     settings = SamplerSettings(chunk_frames=3, timesteps=(1000, 500), seed=5)
     shape = (1, 16, 15, H_LAT, W_LAT)
-    res = generate(ChunkRunner(model), ctx, shape, settings, dummy_forcing=cfg)
+    res = generate(ChunkRunner(model), ctx, shape, settings, CacheSpec(dummy_forcing=cfg))
     assert res.stats.head_types == [[int(t) for t in layer] for layer in MIXED]
     ref = reference_generate(model, ctx, shape, settings, cfg, MIXED)
     assert rel(res.latent[0], ref) < 1e-9
@@ -106,25 +108,26 @@ def test_packed_generation_equals_per_head_masked_reference(model, ctx, packing,
 
 
 def test_zero_dummy_heads_with_matching_windows_equals_baseline(model, ctx):
-    settings = SamplerSettings(chunk_frames=3, timesteps=(1000, 500), seed=2, retention=Retention(0, 3))
+    settings = SamplerSettings(chunk_frames=3, timesteps=(1000, 500), seed=2)
     shape = (1, 16, 12, H_LAT, W_LAT)
-    base = generate(ChunkRunner(model), ctx, shape, settings)
+    window = Retention(0, 3)
+    base = generate(ChunkRunner(model), ctx, shape, settings, CacheSpec(window))
     all_neighbor = [[NEIGH] * 4 for _ in range(3)]
-    cfg = DummyForcingConfig(dummy_heads=0, neighbor_chunks=1, profile=profile_for(model, all_neighbor))
-    df = generate(ChunkRunner(model), ctx, shape, settings, dummy_forcing=cfg)
+    cfg = DummyForcingConfig(dummy_heads=0.0, neighbor_chunks=1, head_profile=profile_for(model, all_neighbor))
+    df = generate(ChunkRunner(model), ctx, shape, settings, CacheSpec(window, cfg))
     assert torch.allclose(df.latent, base.latent, rtol=0, atol=1e-12)
     # all sink heads with a sink-only base cache
-    settings = SamplerSettings(chunk_frames=3, timesteps=(1000, 500), seed=2, retention=Retention(1, 0))
-    base = generate(ChunkRunner(model), ctx, shape, settings)
-    cfg = DummyForcingConfig(dummy_heads=0, sink_frames=1, profile=profile_for(model, [[SINK] * 4] * 3))
-    df = generate(ChunkRunner(model), ctx, shape, settings, dummy_forcing=cfg)
+    sink_only = Retention(1, 0)
+    base = generate(ChunkRunner(model), ctx, shape, settings, CacheSpec(sink_only))
+    cfg = DummyForcingConfig(dummy_heads=0.0, sink_frames=1, head_profile=profile_for(model, [[SINK] * 4] * 3))
+    df = generate(ChunkRunner(model), ctx, shape, settings, CacheSpec(sink_only, cfg))
     assert torch.allclose(df.latent, base.latent, rtol=0, atol=1e-12)
 
 
 def test_online_profiling_runs_and_reports(model, ctx):
-    cfg = DummyForcingConfig(dummy_heads=0.5, ar_start=1, sample_fraction=0.5)
+    cfg = DummyForcingConfig(dummy_heads=0.5, ar_start=1, profile_sample_fraction=0.5)
     res = generate(ChunkRunner(model), ctx, (1, 16, 12, H_LAT, W_LAT), SamplerSettings(timesteps=(1000, 500)),
-                   dummy_forcing=cfg)
+                   CacheSpec(dummy_forcing=cfg))
     st = res.stats
     assert st.switch_chunk == 2
     assert sum(d for _, _, d in st.type_counts()) == 6
@@ -137,9 +140,10 @@ def test_online_profiling_runs_and_reports(model, ctx):
 def test_cache_bytes_follow_the_formula(model, ctx):
     """Bytes held after the video = sum over groups of rows x kept frames; far below full."""
     Fr, c, S, L = 15, 3, 1, 1
-    cfg = DummyForcingConfig(dummy_heads=N_DUMMY, sink_frames=S, neighbor_chunks=L, profile=profile_for(model, MIXED))
+    cfg = DummyForcingConfig(dummy_head_count=N_DUMMY, sink_frames=S, neighbor_chunks=L,
+                             head_profile=profile_for(model, MIXED))
     res = generate(ChunkRunner(model), ctx, (1, 16, Fr, H_LAT, W_LAT), SamplerSettings(timesteps=(1000,)),
-                   dummy_forcing=cfg)
+                   CacheSpec(dummy_forcing=cfg))
     history = Fr - c  # the last chunk is not committed
     per_frame = 2 * TPF * 16 * 8  # K and V, one head, head dim 16, float64
     flat = [t for layer in MIXED for t in layer]
@@ -154,38 +158,40 @@ def test_bad_settings_raise_before_anything_runs(model, ctx):
     runner = ChunkRunner(model)
     shape = (1, 16, 12, H_LAT, W_LAT)
     st = SamplerSettings(timesteps=(1000,))
+    def df(**kw):
+        return CacheSpec(dummy_forcing=DummyForcingConfig(**kw))
+
+    with pytest.raises(ValueError, match="dummy_head_count"):
+        generate(runner, ctx, shape, st, df(dummy_head_count=13))
     with pytest.raises(ValueError, match="dummy_heads"):
-        generate(runner, ctx, shape, st, dummy_forcing=DummyForcingConfig(dummy_heads=13))
-    with pytest.raises(ValueError, match="dummy_heads"):
-        generate(runner, ctx, shape, st, dummy_forcing=DummyForcingConfig(dummy_heads=1.5))
-    with pytest.raises(ValueError, match="beyond the video"):
-        generate(runner, ctx, shape, st, dummy_forcing=DummyForcingConfig(ar_start=3))
+        generate(runner, ctx, shape, st, df(dummy_heads=1.5))
+    with pytest.raises(ValueError, match="needs at least 5 chunks"):
+        generate(runner, ctx, shape, st, df(ar_start=3))
     with pytest.raises(ValueError, match="neighbor_chunks"):
-        generate(runner, ctx, shape, st, dummy_forcing=DummyForcingConfig(neighbor_chunks=0))
+        generate(runner, ctx, shape, st, df(neighbor_chunks=0))
     other = make_tiny_wan(layers=2, heads=4, head_dim=16)
     with pytest.raises(ValueError, match="profile"):
-        generate(runner, ctx, shape, st, dummy_forcing=DummyForcingConfig(profile=profile_for(other, [[SINK] * 4] * 2)))
+        generate(runner, ctx, shape, st, df(head_profile=profile_for(other, [[SINK] * 4] * 2)))
     with pytest.raises(ValueError, match="sink"):
-        generate(runner, ctx, shape, SamplerSettings(timesteps=(1000,), retention=Retention(0, 3)),
-                 dummy_forcing=DummyForcingConfig(sink_frames=1, ar_start=2))
+        generate(runner, ctx, shape, SamplerSettings(timesteps=(1000,)),
+                 CacheSpec(Retention(0, 3), DummyForcingConfig(sink_frames=1, ar_start=2)))
 
 
 def test_offline_profile_reproduces_online_profiling(model, ctx):
     """Profiling offline with the same prompt, seed and sampling as the online run gives the
     same scores, so generating with that profile gives the same video."""
-    from dummy_forcing_core.dummy_forcing import profile_heads
-
     settings = SamplerSettings(timesteps=(1000, 500), seed=9)
     shape = (1, 16, 12, H_LAT, W_LAT)
     runner = ChunkRunner(model)
-    online = generate(runner, ctx, shape, settings,
-                      dummy_forcing=DummyForcingConfig(dummy_heads=0.5, sample_fraction=0.5, profile_seed=4))
-    prof = profile_heads(runner, [ctx], shape, settings, seeds=[9], ar_start=1, num_chunks=1, sink_frames=1,
-                         sample_fraction=0.5, profile_seed=4)
+    geom = runner.geometry
+    online = generate(runner, ctx, shape, settings, CacheSpec(dummy_forcing=DummyForcingConfig(
+        dummy_heads=0.5, profile_sample_fraction=0.5, profile_seed=4)))
+    prof = profile_heads(runner, [ctx], shape, settings, [9], ProfilingSpec.create(geom, 1, 1, 1, 0.5, 4))
     assert torch.allclose(prof.scores, torch.tensor(online.stats.head_scores, dtype=torch.float32))
-    offline = generate(runner, ctx, shape, settings, dummy_forcing=DummyForcingConfig(dummy_heads=0.5, profile=prof))
+    offline = generate(runner, ctx, shape, settings, CacheSpec(dummy_forcing=DummyForcingConfig(
+        dummy_heads=0.5, head_profile=prof)))
     assert torch.equal(offline.latent, online.latent)
-    both = profile_heads(runner, [ctx, -ctx], shape, settings, seeds=[9, 10], num_chunks=2)
+    both = profile_heads(runner, [ctx, -ctx], shape, settings, [9, 10], ProfilingSpec.create(geom, chunks=2))
     assert both.settings["prompts"] == 2 and both.num_samples == 8  # 2 prompts x 2 seeds x 2 chunks
     with pytest.raises(ValueError, match="at least"):
-        profile_heads(runner, [ctx], shape, settings, seeds=[9], ar_start=2, num_chunks=2)
+        profile_heads(runner, [ctx], shape, settings, [9], ProfilingSpec.create(geom, ar_start=2, chunks=2))

@@ -12,16 +12,18 @@ import weakref
 import pytest
 import torch
 
-from conftest import make_tiny_wan
+from helpers import make_tiny_wan
+from dummy_forcing_core.cache_policy import CacheSpec
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
 from dummy_forcing_core.fast_kernels import residual_norm_modulate, rms_norm_rope
-from dummy_forcing_core.fast_path import FastOptions
+from dummy_forcing_core.fused_forward import FastOptions
 from dummy_forcing_core.head_program import HeadType
 from dummy_forcing_core.kv_cache import KVCache, Retention
-from dummy_forcing_core.profile import HeadProfile
+from dummy_forcing_core.head_profile import HeadProfile
 from dummy_forcing_core.rope import apply_rope, rope_table
 from dummy_forcing_core.sampler import SamplerSettings, generate
-from dummy_forcing_core.transformer import ChunkRunner, ModelGeometry
+from dummy_forcing_core.chunk_runner import ChunkRunner
+from dummy_forcing_core.geometry import ModelGeometry
 
 H_LAT, W_LAT = 4, 6
 SINK, NEIGH, DUMMY = HeadType.SINK, HeadType.NEIGHBOR, HeadType.DUMMY
@@ -61,12 +63,12 @@ def test_fast_generation_equals_reference_loop(model, ctx, opts, case):
     ret = Retention(1, 3) if case == "window" else Retention()
     cfg = None
     if case.startswith("df"):
-        cfg = DummyForcingConfig(dummy_heads=5, ar_start=1, packing=case != "df_nopack",
-                                 long_context_frames=5 if case == "df_long" else 0, profile=planted(model))
-    settings = SamplerSettings(chunk_frames=3, timesteps=(1000, 500), seed=5, retention=ret)
+        cfg = DummyForcingConfig(dummy_head_count=5, ar_start=1, context_packing=case != "df_nopack",
+                                 long_context_frames=5 if case == "df_long" else 0, head_profile=planted(model))
+    settings = SamplerSettings(chunk_frames=3, timesteps=(1000, 500), seed=5)
     shape = (1, 16, 15, H_LAT, W_LAT)
-    ref = generate(ChunkRunner(model, fast=False), ctx, shape, settings, dummy_forcing=cfg)
-    got = generate(ChunkRunner(model, fast=opts), ctx, shape, settings, dummy_forcing=cfg)
+    ref = generate(ChunkRunner(model, fast=False), ctx, shape, settings, CacheSpec(ret, cfg))
+    got = generate(ChunkRunner(model, fast=opts), ctx, shape, settings, CacheSpec(ret, cfg))
     assert rel(got.latent, ref.latent) < 1e-12
     assert got.stats.kv_bytes == ref.stats.kv_bytes
     assert got.stats.attn_flops == ref.stats.attn_flops
@@ -75,10 +77,10 @@ def test_fast_generation_equals_reference_loop(model, ctx, opts, case):
 def test_online_profiling_and_start_frames_through_the_fast_path(model, ctx):
     settings = SamplerSettings(chunk_frames=3, timesteps=(1000, 500), seed=1)
     start = torch.randn(1, 16, 15, H_LAT, W_LAT, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    cfg = DummyForcingConfig(dummy_heads=0.5, ar_start=1, sample_fraction=1.0)
-    a = generate(ChunkRunner(model, fast=False), ctx, (1, 16, 15, H_LAT, W_LAT), settings, dummy_forcing=cfg,
+    cfg = CacheSpec(dummy_forcing=DummyForcingConfig(dummy_heads=0.5, ar_start=1, profile_sample_fraction=1.0))
+    a = generate(ChunkRunner(model, fast=False), ctx, (1, 16, 15, H_LAT, W_LAT), settings, cfg,
                  start_latent=start, start_frames=2)
-    b = generate(ChunkRunner(model, fast=True), ctx, (1, 16, 15, H_LAT, W_LAT), settings, dummy_forcing=cfg,
+    b = generate(ChunkRunner(model, fast=True), ctx, (1, 16, 15, H_LAT, W_LAT), settings, cfg,
                  start_latent=start, start_frames=2)
     assert a.stats.head_types == b.stats.head_types
     assert rel(b.latent, a.latent) < 1e-12
@@ -201,7 +203,7 @@ def test_graph_replay_bookkeeping_equals_eager(model, ctx, monkeypatch, case):
     the CPU with a stand-in graph: same latents and statistics as the eager fast path."""
     import contextlib
 
-    from dummy_forcing_core import fast_path as fp
+    from dummy_forcing_core import cuda_graphs, fused_forward
 
     stream = _FakeStream()
     monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: stream)
@@ -210,42 +212,35 @@ def test_graph_replay_bookkeeping_equals_eager(model, ctx, monkeypatch, case):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
     monkeypatch.setattr(torch.cuda, "graph", lambda g, stream=None: contextlib.nullcontext())
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None, raising=False)
-    orig_capture = fp.FastPath._capture
+    orig_capture = cuda_graphs.PassGraphs._capture
 
     captured_caches = []
 
-    def capture(self, key, x, timesteps, rope, cache, text):
-        entry = orig_capture(self, key, x, timesteps, rope, cache, text)
+    def capture(self, key, x, timesteps, rope, cache, text, eager, keep):
+        entry = orig_capture(self, key, x, timesteps, rope, cache, text, eager, keep)
         entry.graph = _Replay(entry, cache)
         captured_caches.append(weakref.ref(cache))
         return entry
 
-    monkeypatch.setattr(fp.FastPath, "_capture", capture)
-    orig_run = fp.FastPath.run
-
-    def run(self, x, timesteps, rope, cache, text, probe=None):
-        if probe is None and self.opts.cuda_graphs:
-            return self._run_graphed(x, timesteps, rope, cache, text)
-        return orig_run(self, x, timesteps, rope, cache, text, probe)
-
-    monkeypatch.setattr(fp.FastPath, "run", run)
+    monkeypatch.setattr(cuda_graphs.PassGraphs, "_capture", capture)
+    monkeypatch.setattr(fused_forward.FusedForward, "_use_graphs", lambda self: self.opts.cuda_graphs)
     ret = Retention(1, 3) if case == "window" else Retention()
-    cfg = None if case == "window" else DummyForcingConfig(dummy_heads=5, ar_start=1, profile=planted(model))
-    settings = SamplerSettings(chunk_frames=3, timesteps=(1000, 750, 500), seed=5, retention=ret)
+    cfg = None if case == "window" else DummyForcingConfig(dummy_head_count=5, ar_start=1, head_profile=planted(model))
+    settings = SamplerSettings(chunk_frames=3, timesteps=(1000, 750, 500), seed=5)
     shape = (1, 16, 24, H_LAT, W_LAT)
-    eager = generate(ChunkRunner(model, fast=FastOptions(cuda_graphs=False)), ctx, shape, settings, dummy_forcing=cfg)
+    eager = generate(ChunkRunner(model, fast=FastOptions(cuda_graphs=False)), ctx, shape, settings, CacheSpec(ret, cfg))
     runner = ChunkRunner(model, fast=FastOptions(max_graphs=1))
     gc.disable()  # the cache must be freed by reference counting, not by a later collection
     try:
-        graphed = generate(runner, ctx, shape, settings, dummy_forcing=cfg)
-        # a graph keeps the buffers it reads: generate drops them when the video ends, so the
-        # cache (GiBs at 1080p) does not outlive the video
-        assert not runner.fast_path._graphs and captured_caches
+        graphed = generate(runner, ctx, shape, settings, CacheSpec(ret, cfg))
+        # a graph keeps the buffers it reads: the session drops them when the video ends, so
+        # the cache (GiBs at 1080p) does not outlive the video
+        assert not runner.fast_path.graphs._graphs and captured_caches
         assert all(ref() is None for ref in captured_caches)
     finally:
         gc.enable()
-    st = runner.fast_path.graph_stats
-    assert st["captures"] >= 1 and st["replays"] > st["captures"] and runner.fast_path.graph_error is None
+    st = runner.fast_path.graphs.stats
+    assert st["captures"] >= 1 and st["replays"] > st["captures"] and runner.fast_path.graphs.error is None
     assert rel(graphed.latent, eager.latent) < 1e-12
     assert graphed.stats.attn_flops == eager.stats.attn_flops
     assert graphed.stats.attn_flops_full == eager.stats.attn_flops_full

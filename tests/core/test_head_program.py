@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from dummy_forcing_core.head_program import HeadType, program_heads, resolve_dummy_count, type_counts
+from dummy_forcing_core.head_program import HeadType, TypeCount, program_heads, resolve_dummy_count, type_counts
 
 S, N, D = int(HeadType.SINK), int(HeadType.NEIGHBOR), int(HeadType.DUMMY)
 
@@ -21,22 +21,29 @@ def kept_mass(scores, assign):
 
 
 def test_resolve_dummy_count():
-    assert resolve_dummy_count(180, 30, 12) == 180
-    assert resolve_dummy_count(0.5, 30, 12) == 180
-    assert resolve_dummy_count(0.25, 30, 12) == 90
-    assert resolve_dummy_count(1.0, 30, 12) == 360
-    assert resolve_dummy_count(0.0, 30, 12) == 0
-    assert resolve_dummy_count(0, 30, 12) == 0
-    assert resolve_dummy_count(360, 30, 12) == 360
-    assert resolve_dummy_count(0.3, 2, 4) == 2  # 2.4 -> 2
-    assert resolve_dummy_count(0.32, 2, 4) == 3  # 2.56 -> 3
-    for bad in (361, -1, 1.5, -0.1, float("nan")):
+    assert resolve_dummy_count(0.0, 180, 30, 12) == 180  # a count wins over the fraction
+    assert resolve_dummy_count(0.5, 0, 30, 12) == 180
+    assert resolve_dummy_count(0.25, 0, 30, 12) == 90
+    assert resolve_dummy_count(1.0, 0, 30, 12) == 360
+    assert resolve_dummy_count(0.0, 0, 30, 12) == 0
+    assert resolve_dummy_count(0.9, 360, 30, 12) == 360
+    assert resolve_dummy_count(0.3, 0, 2, 4) == 2  # 2.4 -> 2
+    assert resolve_dummy_count(0.32, 0, 2, 4) == 3  # 2.56 -> 3
+    for bad in (361, -1):
+        with pytest.raises(ValueError, match="dummy_head_count") as e:
+            resolve_dummy_count(0.5, bad, 30, 12)
+        assert "360" in str(e.value)
+    for bad in (1.5, -0.1, float("nan")):
         with pytest.raises(ValueError, match="dummy_heads") as e:
-            resolve_dummy_count(bad, 30, 12)
+            resolve_dummy_count(bad, 0, 30, 12)
         assert "360" in str(e.value)
     for bad in (True, "3", None):
         with pytest.raises(ValueError, match="dummy_heads"):
-            resolve_dummy_count(bad, 30, 12)
+            resolve_dummy_count(bad, 0, 30, 12)
+    with pytest.raises(ValueError, match="dummy_head_count"):
+        resolve_dummy_count(0.5, 2.0, 30, 12)
+    with pytest.raises(ValueError, match="per_layer need 4 in some layer"):  # the one quota check
+        resolve_dummy_count(0.0, 7, 2, 3, "per_layer")
 
 
 def test_greedy_known_answer():
@@ -91,7 +98,7 @@ def test_per_layer_quota_with_remainder():
     assert glob3.tolist() == [[S, D, S, S], [D, D, S, S], [N, N, N, N]]
     per3 = program_heads(scores, 3, "per_layer")  # one per layer
     assert per3.tolist() == [[S, D, S, S], [D, S, S, S], [N, D, N, N]]
-    assert [c["dummy"] for c in type_counts(per3)] == [1, 1, 1]
+    assert [c.dummy for c in type_counts(per3)] == [1, 1, 1]
     assert (program_heads(scores, 12, "per_layer") == D).all()
     assert (program_heads(scores, 0, "per_layer") != D).all()
 
@@ -113,7 +120,7 @@ def test_normalise_changes_the_choice():
 def test_bad_arguments():
     scores = sc([[(0.1, 0.2)] * 3] * 2)
     for bad in (-1, 7):
-        with pytest.raises(ValueError, match="dummy_heads = .* 2 layers x 3 heads = 6 heads"):
+        with pytest.raises(ValueError, match=r"head count in 0\.\.6"):
             program_heads(scores, bad)
     with pytest.raises(ValueError, match="resolve_dummy_count"):
         program_heads(scores, 0.5)
@@ -129,4 +136,6 @@ def test_bad_arguments():
 
 def test_type_counts():
     a = torch.tensor([[S, D, D], [N, N, S]])
-    assert type_counts(a) == [{"sink": 1, "neighbor": 0, "dummy": 2}, {"sink": 1, "neighbor": 2, "dummy": 0}]
+    assert type_counts(a) == [TypeCount(sink=1, neighbor=0, dummy=2), TypeCount(sink=1, neighbor=2, dummy=0)]
+    assert type_counts(a.tolist()) == type_counts(a)
+    assert type_counts(a)[0]._asdict() == {"sink": 1, "neighbor": 0, "dummy": 2}

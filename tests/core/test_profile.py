@@ -13,8 +13,8 @@ from planted import make_planted_wan, planted_types, profile_planted  # noqa: E4
 
 from dummy_forcing_core.head_program import HeadType  # noqa: E402
 from dummy_forcing_core.heatmap import NO_TYPE_COLOUR, TYPE_COLOURS, head_map_image  # noqa: E402
-from dummy_forcing_core.profile import FORMAT, HeadProfile  # noqa: E402
-from dummy_forcing_core.transformer import ModelGeometry  # noqa: E402
+from dummy_forcing_core.head_profile import FORMAT, HeadProfile  # noqa: E402
+from dummy_forcing_core.geometry import ModelGeometry  # noqa: E402
 from dummy_forcing_core.wan_model import WanConfig, WanModel  # noqa: E402
 
 FP_WAN = {"num_layers": 30, "num_heads": 12, "head_dim": 128, "dim": 1536}
@@ -45,7 +45,7 @@ def test_round_trip(tmp_path):
     p2 = make_profile(seed=1)
     p2.save(path)
     assert torch.equal(HeadProfile.load(str(path)).scores, p2.scores)
-    assert torch.equal(q.assign(0.5), p.assign(180))
+    assert torch.equal(q.assign(0.5), p.assign(dummy_head_count=180))
 
 
 def test_bad_files(tmp_path):
@@ -98,10 +98,10 @@ def test_from_planted_profiler_and_summary(tmp_path):
     assert hp.num_samples == 1 and hp.settings["sink_frames"] == 3 and hp.settings["ar_start"] == 2
     assert hp.settings["probe_calls"] == 3
     want = planted_types()
-    assert torch.equal(hp.assign(4), want)
+    assert torch.equal(hp.assign(dummy_head_count=4), want)
     assert torch.equal(hp.assign(4 / 12, "per_layer"), want)
     hp.save(tmp_path / "p.safetensors")
-    assert torch.equal(HeadProfile.load(tmp_path / "p.safetensors").assign(4), want)
+    assert torch.equal(HeadProfile.load(tmp_path / "p.safetensors").assign(dummy_head_count=4), want)
     text = hp.summary(want)
     lines = text.splitlines()
     assert len(lines) == 2 + 3

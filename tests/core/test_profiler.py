@@ -10,8 +10,8 @@ from planted import DEFAULT_KINDS, KIND_REGION, make_planted_wan, planted_types,
 
 from dummy_forcing_core.head_program import HeadType, program_heads  # noqa: E402
 from dummy_forcing_core.kv_cache import Retention  # noqa: E402
-from dummy_forcing_core.profiler import AttentionProfiler  # noqa: E402
-from dummy_forcing_core.transformer import ChunkRunner  # noqa: E402
+from dummy_forcing_core.attention_profiler import AttentionProfiler  # noqa: E402
+from dummy_forcing_core.chunk_runner import ChunkRunner  # noqa: E402
 from dummy_forcing_core.wan_model import WanConfig, WanModel  # noqa: E402
 
 

@@ -2,11 +2,14 @@
 import pytest
 import torch
 
-from conftest import make_tiny_wan
-from dummy_forcing_core.kv_cache import FULL, KVCache, Retention
+from helpers import make_tiny_wan
+from dummy_forcing_core.attention import attend
+from dummy_forcing_core.kv_cache import FULL, KVCache, Retention, kv_bytes
 from dummy_forcing_core.rope import apply_rope, rope_table
-from dummy_forcing_core.sampler import SamplerSettings, flow_sigmas, generate, plan_chunks
-from dummy_forcing_core.transformer import ChunkRunner, ModelGeometry
+from dummy_forcing_core.chunk_plan import plan_chunks
+from dummy_forcing_core.sampler import SamplerSettings, flow_sigmas, generate
+from dummy_forcing_core.chunk_runner import ChunkRunner
+from dummy_forcing_core.geometry import ModelGeometry
 from dummy_forcing_core.wan_model import WanConfig
 from reference_wan import reference_forward, rope_complex, token_positions
 
@@ -39,7 +42,7 @@ def encode_chunked(model, x, ctx, chunk_frames, retention=FULL):
     cache = runner.new_cache(B, H_LAT, W_LAT, Fr, chunk_frames, retention)
     text = runner.encode_text(ctx)
     outs = []
-    for f0, n in plan_chunks(Fr, chunk_frames)[1]:
+    for f0, n in plan_chunks(x.shape, chunk_frames).chunks:
         outs.append(runner.forward(x[:, :, f0:f0 + n], torch.zeros(B), f0, text, cache, commit=True))
     return torch.cat(outs, 2), cache
 
@@ -134,14 +137,14 @@ def test_cache_holds_exactly_what_the_policy_keeps():
         cache = KVCache.create(L, H, D, TPF, c, Fr, ret, batch=B, dtype=torch.bfloat16)
         k = torch.randn(B, c * TPF, H, D, dtype=torch.bfloat16)
         for f0 in range(0, Fr - c, c):
-            for layer in cache.layers:
-                layer.attend(k, k, k)
+            for i in range(L):
+                attend(cache, i, k, k, k)
             cache.commit()
             kept = ret.kept(f0 + c)
             assert cache.held_bytes() == 2 * L * B * H * kept * TPF * D * elem
-        cap = min(ret.capacity(Fr - 1), Fr - 1) + c
+        cap = min(ret.most_kept(Fr - 1), Fr - 1) + c
         assert cache.allocated_bytes() == 2 * L * B * H * cap * TPF * D * elem
-        assert KVCache.estimate_bytes(L, H, D, TPF, c, Fr, ret, B, torch.bfloat16) == cache.allocated_bytes()
+        assert kv_bytes(L * H * ret.capacity_for(Fr, c), B, D, TPF, torch.bfloat16) == cache.allocated_bytes()
     full = KVCache.create(L, H, D, TPF, c, Fr, FULL, batch=B, dtype=torch.bfloat16)
     win = KVCache.create(L, H, D, TPF, c, Fr, Retention(3, 12), batch=B, dtype=torch.bfloat16)
     assert full.allocated_bytes() > win.allocated_bytes()
@@ -218,11 +221,11 @@ def test_bad_inputs_raise_clear_errors(model):
         generate(runner, ctx, (1, 16, 6, 5, W_LAT), SamplerSettings())
     with pytest.raises(ValueError, match="channels"):
         generate(runner, ctx, (1, 4, 6, H_LAT, W_LAT), SamplerSettings())
-    with pytest.raises(ValueError, match="frames per chunk"):
+    with pytest.raises(ValueError, match="frames_per_chunk"):
         generate(runner, ctx, (1, 16, 6, H_LAT, W_LAT), SamplerSettings(chunk_frames=0))
-    with pytest.raises(ValueError, match="denoising"):
+    with pytest.raises(ValueError, match="denoise_timesteps"):
         generate(runner, ctx, (1, 16, 6, H_LAT, W_LAT), SamplerSettings(timesteps=(1500,)))
-    with pytest.raises(ValueError, match="start frames"):
+    with pytest.raises(ValueError, match="start_frames"):
         generate(runner, ctx, (1, 16, 6, H_LAT, W_LAT), SamplerSettings(), start_frames=6)
     with pytest.raises(TypeError, match="not a Wan2.1 transformer"):
         ModelGeometry.of(torch.nn.Linear(3, 3))

@@ -40,7 +40,7 @@ def test_shipped_model_file(tiny):
 
 def test_full_cache_makes_a_moving_object_and_dummy_forcing_stays_close(tiny, tmp_path):
     model, text = tiny
-    df = DummyForcingConfig(dummy_heads=0.5, ar_start=1, neighbor_chunks=1, sink_frames=1, packing=True)
+    df = DummyForcingConfig(dummy_heads=0.5, ar_start=1, neighbor_chunks=1, sink_frames=1, context_packing=True)
     r = run_pair(model, text, RED, seed=1, frames=12, df=df, warmup=False)  # 4 chunks of 3 frames
     full, dfv = r["full"], r["df"]
     assert full.shape == (3, 12, 32, 32) and torch.isfinite(full).all()

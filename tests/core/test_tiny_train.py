@@ -8,7 +8,7 @@ from dummy_forcing_core.kv_cache import Retention
 from dummy_forcing_core.tiny.model import file_size_estimate, load_tiny, read_tiny_metadata, save_tiny
 from dummy_forcing_core.tiny.train import (Trainer, build, flow_sample, load_config, make_attend, teacher_forcing_forward,
                                            teacher_forcing_mask)
-from dummy_forcing_core.transformer import ChunkRunner
+from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.wan_model import WanConfig, WanModel
 
 SMALL = ["model.dim=32", "model.ffn_dim=64", "model.num_heads=2", "model.num_layers=2", "model.text_dim=16",

@@ -12,8 +12,8 @@ import comfy.model_management as mm
 import comfy.utils
 from test_pack import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
 
-from dummy_forcing_core.profile import HeadProfile
-from dummy_forcing_core.transformer import ModelGeometry
+from dummy_forcing_core.head_profile import HeadProfile
+from dummy_forcing_core.geometry import ModelGeometry
 
 
 class _NotWan(torch.nn.Module):

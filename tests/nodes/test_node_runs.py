@@ -12,10 +12,10 @@ from test_pack import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
 
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
 from dummy_forcing_core.kv_cache import Retention
-from dummy_forcing_core.profile import HeadProfile
+from dummy_forcing_core.head_profile import HeadProfile
 from dummy_forcing_core.sampler import SamplerSettings, generate
 from dummy_forcing_core.stats import GenerationStats
-from dummy_forcing_core.transformer import ChunkRunner
+from dummy_forcing_core.chunk_runner import ChunkRunner
 
 FAST = dict(frames_per_chunk=1)  # 6 latent frames -> 6 chunks of 1 frame
 
@@ -231,7 +231,7 @@ def test_profile_save_load_apply_without_online_profiling(run_node, N, model, co
 
 def test_load_head_profile_from_models_folder(run_node, N, model, comfy_dirs):
     import folder_paths
-    from dummy_forcing_core.transformer import ModelGeometry
+    from dummy_forcing_core.geometry import ModelGeometry
     geom = ModelGeometry.of(model.model.diffusion_model)
     prof = HeadProfile(torch.rand(2, 4, 3), geom.fingerprint(), {"made": "by hand"})
     folder = os.path.join(folder_paths.models_dir, "dummy_forcing_profiles", "sub")

@@ -15,7 +15,7 @@ import torch
 
 from test_pack import ModelSnapshot, TEXT_DIM, pack_nodes, tiny_wan
 
-from dummy_forcing_core.profile import HeadProfile
+from dummy_forcing_core.head_profile import HeadProfile
 from dummy_forcing_core.stats import GenerationStats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,6 +1,6 @@
-"""The inference fast path of :class:`~dummy_forcing_core.transformer.ChunkRunner`.
+"""The fused inference forward of :class:`~dummy_forcing_core.chunk_runner.ChunkRunner`.
 
-Same function as the reference loop (``block_forward`` per block), computed with fewer
+Same function as the reference loop (``wan_blocks.wan_forward``), computed with fewer
 passes over memory (measurements in ``docs/performance.md``):
 
 * heads come out of the projections already in the cache's storage order: per layer and
@@ -12,30 +12,29 @@ passes over memory (measurements in ``docs/performance.md``):
 * RMSNorm + RoPE in one kernel; residual + gate + LayerNorm + modulation in one kernel
   (``fast_kernels``); GELU in the FFN's first product (cuBLASLt epilogue); the patch
   embedding as one product;
-* a chosen SDPA backend (cuDNN on Hopper by default, else flash).
+* a chosen SDPA backend (cuDNN on Hopper by default, else flash);
+* CUDA graphs of repeated passes (``cuda_graphs.py``).
 
 Every submodule must be a plain ``nn.Linear`` / ``nn.LayerNorm`` / RMSNorm whose weights can
 be read directly (no host casting or weight patches at call time, see :func:`plain_linear`);
-otherwise :meth:`FastPath.supported` is False and the runner keeps the reference loop.
+otherwise :attr:`FusedForward.supported` is False and the runner keeps the reference loop.
 Weights are read at each forward, and derived copies are rebuilt when a source weight
 changes (data pointer or in-place version), so patches applied between videos are seen.
 """
 from __future__ import annotations
 
-import contextlib
-import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import ATTENTION_CHOICES, attend_ordered, attention_backends
+from .cuda_graphs import PassGraphs
 from .fast_kernels import residual_norm_modulate, rms_norm_rope
-from .transformer import embed_patches, time_embed
+from .wan_blocks import embed_patches, time_embed
 
-__all__ = ["FastOptions", "FastPath", "plain_linear", "attention_backends"]
-
-ATTENTION_CHOICES = ("auto", "cudnn", "flash", "efficient", "math", "default")
+__all__ = ["FastOptions", "FusedForward", "plain_linear"]
 
 
 @dataclass(frozen=True)
@@ -52,13 +51,9 @@ class FastOptions:
         above it the path gathers heads and runs separate products instead.
     overlap_groups: (CUDA) run the attention of a layer's second and later head groups on a
         side stream, overlapping the first group's (fills the tail waves of small groups).
-    cuda_graphs: (CUDA) capture a forward pass as a CUDA graph when its shapes and cache
-        layout repeat those of an earlier chunk (the cache committed in between), or repeat
-        within a chunk whose layout commits cannot change, and replay it from then on: the host no longer launches ~700 kernels per pass. Steady-state
-        chunks (Dummy Forcing after the switch, a full rolling window) repeat their layout,
-        so they replay; a growing cache never repeats and stays eager (no capture is wasted
-        on it). At most ``max_graphs`` graphs (each with its memory pool) are kept. Any
-        capture failure turns graphs off for the runner (``FastPath.graph_error``)."""
+    cuda_graphs: (CUDA) replay repeated passes as CUDA graphs (``cuda_graphs.py``); at most
+        ``max_graphs`` graphs (each with its memory pool) are kept. A capture failure turns
+        graphs off for the runner (``FusedForward.graphs.error``)."""
 
     fused_kernels: bool = True
     fuse_qkv: bool = True
@@ -122,59 +117,8 @@ def _eps(m, dtype) -> float:
     return float(torch.finfo(dtype).eps if e is None else e)
 
 
-def attention_backends(choice: str, device: torch.device):
-    """A context manager that makes SDPA prefer the chosen backend (falls back in order)."""
-    if device.type != "cuda" or choice == "default":
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    cudnn, flash, eff, math = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
-                               SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
-    if choice == "auto":
-        hopper = torch.cuda.get_device_capability(device)[0] >= 9
-        order = [cudnn, flash, eff, math] if hopper else [flash, eff, cudnn, math]
-    else:
-        first = {"cudnn": cudnn, "flash": flash, "efficient": eff, "math": math}[choice]
-        order = [first] + [b for b in (flash, eff, cudnn, math) if b != first]
-    try:
-        return sdpa_kernel(order, set_priority=True)
-    except TypeError:  # older torch: no priorities
-        return sdpa_kernel(order)
-
-
 def _version(t: torch.Tensor | None):
     return None if t is None else (t.data_ptr(), t._version, t.dtype)
-
-
-@dataclass
-class _GraphEntry:
-    graph: object
-    x: torch.Tensor        # static inputs, copied into before each replay
-    t: torch.Tensor
-    cos: torch.Tensor
-    sin: torch.Tensor
-    out: torch.Tensor      # static output
-    grid: tuple
-    flops: tuple           # (done, full) attention FLOPs the captured pass added
-    groups: list           # (group, chunk tokens) a pass leaves in each group's scratch
-    keep: tuple            # text K/V and layer weights the graph reads: kept alive
-    fn: object = None      # the captured pass as a function (what a replay recomputes; tests)
-
-
-def _steady(cache, chunk_frames: int) -> bool:
-    """Whether committing chunks of ``chunk_frames`` leaves every group's frame count as it is."""
-    for layer in cache.layers:
-        for grp in layer.groups:
-            for _, _, ret in grp.segments:
-                if ret.kept(grp.history) != ret.kept(grp.history + chunk_frames):
-                    return False
-    return True
-
-
-def _release_if_owner(path_ref, owner_ref):
-    path = path_ref()
-    if path is not None and path._graph_owner is owner_ref:
-        path.release_graphs()
 
 
 @dataclass
@@ -193,8 +137,8 @@ class _LayerWeights:
     scatter: torch.Tensor | None
 
 
-class FastPath:
-    """Runs the blocks of one model the fast way (see the module docstring)."""
+class FusedForward:
+    """Runs the blocks of one model the fused way (see the module docstring)."""
 
     def __init__(self, model: nn.Module, geometry, dtype: torch.dtype, device: torch.device,
                  options: FastOptions):
@@ -202,12 +146,8 @@ class FastPath:
         self._weights: dict[int, _LayerWeights] = {}
         self._gelu_checked: bool | None = None
         self._consts: dict = {}
-        self._graphs: dict[tuple, _GraphEntry] = {}
-        self._graph_uses: dict[tuple, int] = {}
-        self._graph_owner = None            # weakref to the KVCache the graphs write into
-        self._graph_stream = None
-        self.graph_error: str | None = None
-        self.graph_stats = {"captures": 0, "replays": 0, "eager": 0}
+        self._side = None
+        self.graphs = PassGraphs(self.device, options.max_graphs)
         self.reason = self._check()
 
     # -- capability ---------------------------------------------------------------------------
@@ -341,101 +281,18 @@ class FastPath:
         return y.contiguous(), grid
 
     # -- the forward --------------------------------------------------------------------------
+    def _use_graphs(self) -> bool:
+        return self.opts.cuda_graphs and self.graphs.error is None and self.device.type == "cuda"
+
     @torch.no_grad()
     def run(self, x: torch.Tensor, timesteps: torch.Tensor, rope, cache, text, probe=None) -> tuple[torch.Tensor, tuple]:
         """x [B, C_in, F, H, W] on the device; timesteps [B, F]. Returns the head output
         [B, L, out * prod(patch)] (valid until the next call) and the token grid."""
-        if probe is None and self.opts.cuda_graphs and self.graph_error is None and self.device.type == "cuda":
-            return self._run_graphed(x, timesteps, rope, cache, text)
-        self.graph_stats["eager"] += 1
+        if probe is None and self._use_graphs():
+            keep = [self._weights.get(i) for i in range(len(cache.layers))]
+            return self.graphs.run(x, timesteps, rope, cache, text, self._run_eager, keep)
+        self.graphs.stats["eager"] += 1
         return self._run_eager(x, timesteps, rope, cache, text, probe)
-
-    # -- CUDA graphs ------------------------------------------------------------------------------
-    def _graph_key(self, x, timesteps, rope, cache, text) -> tuple:
-        layout = tuple(tuple((grp.uid, grp.frames) for grp in layer.groups) for layer in cache.layers)
-        return (tuple(x.shape), x.dtype, tuple(timesteps.shape), timesteps.dtype, tuple(rope.cos.shape), id(text), layout)
-
-    def release_graphs(self):
-        """Drop captured graphs (and their memory pools)."""
-        self._graphs.clear()
-        self._graph_uses.clear()
-        self._graph_owner = None
-
-    def _run_graphed(self, x, timesteps, rope, cache, text):
-        owner = self._graph_owner() if self._graph_owner is not None else None
-        if owner is not cache:  # a new video: graphs of the last one are stale
-            self.release_graphs()
-            self._graph_owner = weakref.ref(cache)
-            weakref.finalize(cache, _release_if_owner, weakref.ref(self), self._graph_owner)
-        key = self._graph_key(x, timesteps, rope, cache, text)
-        entry = self._graphs.get(key)
-        if entry is not None:
-            return self._replay(entry, x, timesteps, rope, cache, first=False)
-        seen = self._graph_uses.setdefault(key, [cache.history, 0])
-        seen[1] += 1
-        if self._graph_stream is None:
-            self._graph_stream = torch.cuda.Stream(self.device)
-        stream, main = self._graph_stream, torch.cuda.current_stream(self.device)
-        # capture a layout seen in an earlier chunk, or seen before in this chunk when the
-        # next commits cannot change it (every group already holds all it keeps)
-        repeat = seen[0] != cache.history or (seen[1] > 1 and _steady(cache, x.shape[2]))
-        if not repeat:
-            # eager, on the capture stream: the first runs warm up its library handles
-            self.graph_stats["eager"] += 1
-            stream.wait_stream(main)
-            with torch.cuda.stream(stream):
-                out = self._run_eager(x, timesteps, rope, cache, text, None)
-            main.wait_stream(stream)
-            out[0].record_stream(main)
-            return out
-        flops0 = (cache.flops.done, cache.flops.full)
-        try:
-            entry = self._capture(key, x, timesteps, rope, cache, text)
-        except Exception as err:  # noqa: BLE001 - any capture failure: stay eager from now on
-            self.graph_error = f"{type(err).__name__}: {err}"
-            self.release_graphs()
-            cache.flops.done, cache.flops.full = flops0
-            torch.cuda.synchronize(self.device)
-            self.graph_stats["eager"] += 1
-            return self._run_eager(x, timesteps, rope, cache, text, None)
-        entry.flops = (cache.flops.done - flops0[0], cache.flops.full - flops0[1])
-        while len(self._graphs) >= self.opts.max_graphs:  # oldest first
-            self._graphs.pop(next(iter(self._graphs)))
-        self._graphs[key] = entry
-        return self._replay(entry, x, timesteps, rope, cache, first=True)
-
-    def _capture(self, key, x, timesteps, rope, cache, text) -> "_GraphEntry":
-        from .rope import RopeTable
-
-        sx, st = x.clone(), timesteps.clone()
-        scos, ssin = rope.cos.clone(), rope.sin.clone()
-
-        def fn():
-            return self._run_eager(sx, st, RopeTable(scos, ssin), cache, text, None)
-
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self._graph_stream):
-            out, grid = fn()
-        groups = [(grp, grp.chunk_tokens) for layer in cache.layers for grp in layer.groups]
-        self.graph_stats["captures"] += 1
-        return _GraphEntry(graph, sx, st, scos, ssin, out, grid, (0, 0), groups,
-                           (text, [self._weights.get(i) for i in range(len(cache.layers))]), fn)
-
-    def _replay(self, entry, x, timesteps, rope, cache, first: bool):
-        entry.x.copy_(x)
-        entry.t.copy_(timesteps)
-        entry.cos.copy_(rope.cos)
-        entry.sin.copy_(rope.sin)
-        entry.graph.replay()
-        self.graph_stats["replays"] += 1
-        if not first:  # the host-side bookkeeping the captured pass did once
-            cache.flops.done += entry.flops[0]  # depends on the layout only (part of the key)
-            B, L = entry.x.shape[0], entry.out.shape[1]
-            for layer in cache.layers:  # depends on the history, which may have grown
-                layer.count_full(B, L, self.g.num_heads, self.g.head_dim)
-            for grp, n in entry.groups:
-                grp.chunk_tokens = n
-        return entry.out, entry.grid
 
     def _const(self, name, values, work):
         key = (name, work)
@@ -467,7 +324,7 @@ class FastPath:
         head_mod = head_mod + self._const("head", [0.0, 1.0], work)
         side = None
         if self.opts.overlap_groups and self.device.type == "cuda":
-            if getattr(self, "_side", None) is None:
+            if self._side is None:
                 self._side = torch.cuda.Stream(self.device)
             side = self._side
         mod = mods(0)
@@ -475,8 +332,7 @@ class FastPath:
         with attention_backends(self.opts.attention, self.device):
             for i, block in enumerate(blocks):
                 sa, ca = block.self_attn, block.cross_attn
-                layer = cache.layers[i]
-                lw = self.layer_weights(i, layer.order)
+                lw = self.layer_weights(i, cache.layers[i].order)
                 if lw.qkv_w is not None:
                     qkv = F.linear(h, lw.qkv_w, lw.qkv_b).view(B * L, 3 * C)
                     qs, ks, vs = qkv[:, :C], qkv[:, C:2 * C], qkv[:, 2 * C:]
@@ -489,10 +345,9 @@ class FastPath:
                 k = self._rms(ks, lw.nk, _eps(sa.norm_k, dt), cos, sin, L).view(B, L, H, D)
                 if lw.gather is not None:
                     q, k, v = (t.index_select(2, lw.gather) for t in (q, k, v))
-                att = layer.attend_ordered(q, k, v, None if probe is None else
-                                           (lambda qq, kk, grp, i=i: _probe_default_sdpa(probe, i, qq, kk, grp,
-                                                                                          self.device)),
-                                           side_stream=side)
+                att = attend_ordered(cache, i, q, k, v, None if probe is None else
+                                     (lambda qq, kk, grp, i=i: _probe_default_sdpa(probe, i, qq, kk, grp, self.device)),
+                                     side_stream=side)
                 if lw.scatter is not None:
                     att = att.index_select(2, lw.scatter)
                 y = F.linear(att.reshape(B, L, C), lw.o_w, lw.o_b)

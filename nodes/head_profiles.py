@@ -3,29 +3,24 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 from comfy_api.latest import io, ui
 
-from dummy_forcing_core.dummy_forcing import profile_heads
 from dummy_forcing_core.heatmap import head_map_image
-from dummy_forcing_core.profile import HeadProfile
-from dummy_forcing_core.sampler import SamplerSettings, flow_sigmas, plan_chunks
+from dummy_forcing_core.head_profile import HeadProfile, ProfilingSpec, profile_heads
+from dummy_forcing_core.sampler import SamplerSettings
 
 from . import comfy_glue as glue
+from . import profile_files
 from . import widgets as w
+from .node_errors import node_errors
 
 PROFILE_NAME = "Profile Heads"
 LOAD_NAME = "Load Head Profile"
 
 
-def image_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """uint8 [h, w, 3] -> IMAGE [1, h, w, 3] float 0..1."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).float().div(255.0).unsqueeze(0)
-
-
-def head_map(profile: HeadProfile, dummy_heads: float) -> torch.Tensor:
-    return image_tensor(head_map_image(profile.scores, profile.assign(float(dummy_heads))))
+def head_map(profile: HeadProfile, dummy_fraction: float) -> torch.Tensor:
+    return glue.image_tensor(head_map_image(profile.scores, profile.assign(float(dummy_fraction))))
 
 
 class ProfileHeads(io.ComfyNode):
@@ -102,55 +97,28 @@ class ProfileHeads(io.ComfyNode):
     def execute(cls, model, conditioning, latent, seed, runs_per_prompt, ar_start, chunks_to_profile, sink_frames,
                 frames_per_chunk, denoise_timesteps, steps, shift, sample_fraction, preview_dummy_heads,
                 save_name) -> io.NodeOutput:
-        N = PROFILE_NAME
-        with glue.node_errors(N):
-            geom = glue.wan_geometry(model, N)
-            samples = glue.latent_samples(latent, N, geom)
-            B, C, Fr, Hh, Ww = samples.shape
-            contexts = glue.conditioning_contexts(conditioning, N, "conditioning", glue.text_dim_of(model))
-            for ctx in contexts:
-                glue.check_context_batch(ctx, B, N, "conditioning")
-            name = glue.safe_profile_name(save_name, N) if (save_name or "").strip() else None
+        with node_errors(PROFILE_NAME, {"sampler": PROFILE_NAME, "profiling": PROFILE_NAME}):
+            geom = glue.wan_geometry(model)
+            save_path = profile_files.check_save_name(save_name) if (save_name or "").strip() else None
             settings = SamplerSettings(chunk_frames=int(frames_per_chunk),
-                                       timesteps=glue.parse_timesteps(denoise_timesteps, N),
-                                       steps=int(steps), shift=float(shift))
-            sigmas = flow_sigmas(settings)
-            _, chunks = plan_chunks(Fr, settings.chunk_frames)
-            last = int(ar_start) + int(chunks_to_profile) - 1
+                                       timesteps=glue.parse_timesteps(denoise_timesteps), steps=int(steps),
+                                       shift=float(shift) if shift > 0 else glue.model_shift(model)[0])
+            spec = ProfilingSpec.create(geom, int(ar_start), int(chunks_to_profile), int(sink_frames),
+                                        float(sample_fraction), int(seed))
             seeds = [int(seed) + i for i in range(int(runs_per_prompt))]
-            progress = glue.Progress(model, len(contexts) * len(seeds) * min(last + 1, len(chunks)) * len(sigmas))
-            progress.check()
-            kv = glue.kv_cache_bytes(model, geom, samples.shape, settings.chunk_frames)
-            runner = glue.load_runner(model, (B, C, settings.chunk_frames, Hh, Ww), kv)
-            profile = profile_heads(runner, contexts, (B, C, Fr, Hh, Ww), settings, seeds, ar_start=int(ar_start),
-                                    num_chunks=int(chunks_to_profile), sink_frames=int(sink_frames),
-                                    sample_fraction=float(sample_fraction), profile_seed=int(seed),
-                                    callback=progress)
-            profile.settings["runs"] = len(contexts) * len(seeds)
+            n_prompts = len(conditioning) if isinstance(conditioning, (list, tuple)) else 1
+            run = glue.prepare_run(model, latent, conditioning, "conditioning", settings, spec,
+                                   videos=n_prompts * len(seeds))
+            profile = profile_heads(run.runner, run.contexts, tuple(run.samples.shape), settings, seeds, spec,
+                                    callback=run.progress)
+            profile.settings["runs"] = len(run.contexts) * len(seeds)
             image = head_map(profile, preview_dummy_heads)
             text = profile.summary(profile.assign(float(preview_dummy_heads)))
-            if name is not None:
-                path = save_profile(profile, name)
+            if save_path is not None:
+                path = profile_files.save_profile(profile, save_path)
                 text = f"saved to {path}\n" + text
         shown = {**ui.PreviewText(text).as_dict(), **ui.PreviewImage(image, cls=cls).as_dict()}
         return io.NodeOutput(profile, image, ui=shown)
-
-
-def save_profile(profile: HeadProfile, name: str) -> str:
-    """Save under <output>/dummy_forcing/profiles without overwriting anything; returns the path."""
-    while True:
-        path = glue.unused_profile_path(name)
-        try:
-            with open(path, "x"):  # reserve the name (another run may pick the same one)
-                pass
-        except FileExistsError:
-            continue
-        try:
-            return profile.save(path)
-        except BaseException:
-            if os.path.exists(path) and os.path.getsize(path) == 0:
-                os.remove(path)
-            raise
 
 
 class LoadHeadProfile(io.ComfyNode):
@@ -166,7 +134,7 @@ class LoadHeadProfile(io.ComfyNode):
                 "layers and heads; Apply Dummy Forcing checks that."),
             inputs=[
                 io.Combo.Input(
-                    "profile_name", options=glue.list_profiles(),
+                    "profile_name", options=profile_files.list_profiles(),
                     tooltip="A .safetensors head profile from <ComfyUI output>/dummy_forcing/profiles (where Profile "
                     "Heads saves) or <ComfyUI models>/dummy_forcing_profiles. Refresh the page (R) after saving a new "
                     "one. Files that are not head profiles (models, LoRAs) are rejected with an error."),
@@ -177,7 +145,7 @@ class LoadHeadProfile(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, profile_name):
         try:
-            path = glue.profile_path(profile_name, LOAD_NAME)
+            path = profile_files.profile_path(profile_name)
             st = os.stat(path)
             return f"{path}:{st.st_mtime_ns}:{st.st_size}"
         except Exception:
@@ -185,7 +153,6 @@ class LoadHeadProfile(io.ComfyNode):
 
     @classmethod
     def execute(cls, profile_name) -> io.NodeOutput:
-        with glue.node_errors(LOAD_NAME):
-            path = glue.profile_path(profile_name, LOAD_NAME)
-            profile = HeadProfile.load(path)
+        with node_errors(LOAD_NAME):
+            profile = HeadProfile.load(profile_files.profile_path(profile_name))
         return io.NodeOutput(profile)

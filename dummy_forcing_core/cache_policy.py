@@ -1,0 +1,101 @@
+"""Cache policies: what a video's KV cache keeps, told to any AR loop through one protocol.
+
+A *spec* holds settings (:class:`CacheSpec`: the base retention and, optionally, Dummy
+Forcing; ``head_profile.ProfilingSpec`` for offline profiling). It is started once per video,
+``spec.start(geometry, plan)``, which checks the settings against the model and the video
+(a :class:`~dummy_forcing_core.errors.SettingError` before any pass) and returns the video's
+:class:`CachePolicy`. A loop (``video_session.VideoSession``, driven by the pack's sampler or
+by ComfyUI's ``sample_ar_video``) asks the policy:
+
+======================  ======================================================================
+``base``                the retention the cache is created with (every head alike)
+``base_capacity()``     frames that first layout must hold (None: enough for the whole video)
+``head_frames_bound()`` at most how many (head, frame) slots the video's cache allocates
+``last_chunk``          generation may end after this chunk's cache pass (None: run them all)
+``probe_for(chunk)``    an attention probe for that chunk's cache pass, or None
+``after_commit(...)``   what to do once a chunk's cache pass committed (e.g. regroup)
+``describe()``          the per-head settings for the run's statistics (None: uniform cache)
+======================  ======================================================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .chunk_plan import ChunkPlan
+from .geometry import ModelGeometry
+from .kv_cache import FULL, Retention
+
+__all__ = ["CachePolicy", "UniformPolicy", "CacheSpec"]
+
+
+class CachePolicy(Protocol):
+    base: Retention
+    last_chunk: int | None
+
+    def base_capacity(self) -> int | None: ...
+
+    def head_frames_bound(self) -> int: ...
+
+    def probe_for(self, chunk: int): ...
+
+    def after_commit(self, chunk: int, cache, stats) -> None: ...
+
+    def describe(self) -> dict | None: ...
+
+
+@dataclass
+class UniformPolicy:
+    """Every head keeps the same frames: a full cache, or sink + rolling window."""
+
+    base: Retention
+    geometry: ModelGeometry
+    plan: ChunkPlan
+    last_chunk: int | None = None
+
+    def base_capacity(self) -> int | None:
+        return None
+
+    def head_frames_bound(self) -> int:
+        return self.geometry.total_heads * self.base.capacity_for(self.plan.total_frames, self.plan.max_piece)
+
+    def probe_for(self, chunk: int):
+        return None
+
+    def after_commit(self, chunk: int, cache, stats) -> None:
+        pass
+
+    def describe(self) -> dict | None:
+        return None
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a model carries (AR Cache Policy, Apply Dummy Forcing) or a sampler is given:
+    ``base``, what every head keeps until Dummy Forcing regroups the cache (None: not set,
+    a full cache), and
+    ``dummy_forcing``, a ``dummy_forcing.DummyForcingConfig`` or None (it imports this module,
+    so the field is duck-typed: ``check_model(geometry)``, ``start(geometry, plan, base)``)."""
+
+    base: Retention | None = None
+    dummy_forcing: Any = None
+
+    @property
+    def base_retention(self) -> Retention:
+        return FULL if self.base is None else self.base
+
+    def check_model(self, geometry: ModelGeometry) -> None:
+        """Settings checks that need only the model (node time, before any video)."""
+        if self.dummy_forcing is not None:
+            self.dummy_forcing.check_model(geometry)
+
+    def start(self, geometry: ModelGeometry, plan: ChunkPlan) -> CachePolicy:
+        if self.dummy_forcing is None:
+            return UniformPolicy(self.base_retention, geometry, plan)
+        return self.dummy_forcing.start(geometry, plan, self.base_retention)
+
+    def with_base(self, base: Retention) -> "CacheSpec":
+        return CacheSpec(base, self.dummy_forcing)
+
+    def with_dummy_forcing(self, cfg: Any) -> "CacheSpec":
+        return CacheSpec(self.base, cfg)

@@ -1,0 +1,194 @@
+"""The pack's cache policies inside ComfyUI's own AR loop (ComfyUI 0.21+: SamplerARVideo).
+
+Core's ``sample_ar_video`` runs, per block of ``num_frame_per_block`` frames, one model call
+per sigma (the block's K/V written at ``end``, then rolled back) and one call at sigma 0 that
+writes the finished block; an ARVideoI2V start image is written first by a sigma-0 call.
+:func:`install` puts three ModelPatcher mechanisms on a MODEL clone from AR Cache Policy /
+Apply Dummy Forcing whose diffusion model is core's ``CausalWanModel`` (nothing is patched
+globally; ComfyUI removes the object patches when it unpatches the model):
+
+* wrapper ``SAMPLER_SAMPLE`` (key ``dummy_forcing``): when the sampler is ``ar_video``, plans
+  the video (the latent, ``num_frame_per_block``, the start image, the sigmas), checks the
+  pack's settings against it (errors name the node and widget, before any pass) and opens a
+  :class:`~dummy_forcing_core.video_session.VideoSession` in the run's transformer_options;
+  closes it when sampling ends, finished, cancelled or failed, and keeps its statistics for
+  Cache Stats (:func:`last_stats`).
+* object patch ``diffusion_model.init_kv_caches``: per-layer ``{"end": 0}`` placeholders, so
+  core's dense full-length cache is never allocated.
+* object patch ``diffusion_model.forward``: a call carrying ``ar_state`` goes to the session:
+  the first ``len(sigmas) - 1`` calls of a block are its denoising passes, the next one its
+  cache pass, as core's loop makes them. That the cache passes came at sigma 0 (and only
+  they) is checked once when the video ends, so no pass waits for the GPU. Other calls go to
+  the model's own forward.
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+
+import comfy.patcher_extension
+
+from dummy_forcing_core.chunk_runner import ChunkRunner
+from dummy_forcing_core.geometry import ModelGeometry
+from dummy_forcing_core.sampler import SamplerSettings, plan_run
+from dummy_forcing_core.video_session import VideoSession
+
+from .node_errors import node_errors
+
+__all__ = ["CACHE_SPEC_KEY", "is_causal_ar", "install", "last_stats"]
+
+CACHE_SPEC_KEY = "dummy_forcing"           # transformer_options[...] -> CacheSpec (the model's settings)
+SESSION_KEY = "dummy_forcing_session"      # transformer_options[...] -> the running video's driver
+HOOK_KEY = "dummy_forcing"
+CORE_SAMPLER = "Sampler AR Video"
+OWNERS = {"dummy_forcing": "Apply Dummy Forcing", "cache": "AR Cache Policy", "sampler": CORE_SAMPLER,
+          "input": "SamplerCustomAdvanced"}
+RENAMES = {"frames_per_chunk": "num_frame_per_block", "start_frames": "ARVideoI2V start image"}
+
+
+def is_causal_ar(model) -> bool:
+    """Whether the MODEL's diffusion model is core's causal AR model (CausalWanModel)."""
+    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
+    return callable(getattr(type(dm), "init_kv_caches", None)) and callable(getattr(type(dm), "forward_block", None))
+
+
+def _hooks_of(model) -> "CoreARHooks | None":
+    to = (getattr(model, "model_options", None) or {}).get("transformer_options") or {}
+    found = comfy.patcher_extension.get_wrappers_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE,
+                                                          HOOK_KEY, to)
+    return getattr(found[0], "__self__", None) if found else None
+
+
+def install(model) -> None:
+    """Route core's AR loop through the pack on this (cloned) MODEL; once per lineage."""
+    if not is_causal_ar(model) or _hooks_of(model) is not None:
+        return
+    dm = model.model.diffusion_model
+    hooks = CoreARHooks(types.MethodType(type(dm).forward, dm), ModelGeometry.of(dm).num_layers)
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, HOOK_KEY, hooks.sampler_sample)
+    model.add_object_patch("diffusion_model.init_kv_caches", hooks.init_kv_caches)
+    model.add_object_patch("diffusion_model.forward", hooks.forward)
+
+
+def last_stats(model):
+    """The statistics of the last video core's AR loop made with this MODEL (or a clone of it)."""
+    hooks = _hooks_of(model)
+    return None if hooks is None else hooks.last_stats
+
+
+def _is_ar_video(sampler) -> bool:
+    fn = getattr(sampler, "sampler_function", None)
+    return getattr(fn, "__name__", "") == "sample_ar_video"
+
+
+def _inference_dtype(base) -> torch.dtype:
+    get = getattr(base, "get_dtype_inference", None)
+    dt = get() if get is not None else (getattr(base, "manual_cast_dtype", None) or base.get_dtype())
+    return dt if dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float32
+
+
+class _CoreLoopDriver:
+    """Maps core's model calls onto a VideoSession (see the module docstring)."""
+
+    def __init__(self, session: VideoSession, steps: int):
+        self.session, self.steps = session, steps
+        self.calls: dict[int, int] = {}
+        self.write_t: list[torch.Tensor] = []
+        self.predict_t: list[torch.Tensor] = []
+
+    def __call__(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, start_frame: int):
+        s = self.session
+        if s.text is None:
+            s.set_prompt(context)
+        f0 = int(start_frame)
+        chunk = s.plan.chunk_at(f0)
+        n = self.calls.get(f0, 0)
+        self.calls[f0] = n + 1
+        if (chunk is None and n == 0) or (chunk is not None and n == self.steps):
+            discarded = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # core drops a cache pass's output
+            if x.shape[0] == 1 and s.plan.batch > 1:  # ARVideoI2V encodes one start image for the whole batch
+                x, timestep = x.expand(s.plan.batch, *x.shape[1:]), timestep.expand(s.plan.batch)
+            self.write_t.append(timestep.detach().reshape(-1)[:1])
+            s.write(x, timestep, f0)
+            return discarded
+        if chunk is None or n > self.steps:
+            raise RuntimeError(f"ComfyUI's AR loop called the model in an order this node pack does not know "
+                               f"(call {n + 1} at frame {f0}); update the pack or remove Apply Dummy Forcing")
+        self.predict_t.append(timestep.detach().reshape(-1)[:1])
+        return s.predict(x, timestep, f0)
+
+    def verify(self) -> None:
+        """One host sync per video: the cache passes ran at sigma 0, the denoising ones above."""
+        bad = (self.write_t and bool(torch.cat(self.write_t).abs().max() != 0)) or \
+              (self.predict_t and bool(torch.cat(self.predict_t).min() <= 0))
+        if bad:
+            raise RuntimeError("ComfyUI's AR loop called the model at other sigmas than this node pack expects "
+                               "(cache passes at sigma 0); its output may be wrong: update the pack")
+
+
+class CoreARHooks:
+    """The hooks of one patched MODEL lineage; holds the last video's statistics."""
+
+    def __init__(self, original_forward, num_layers: int):
+        self.original_forward = original_forward
+        self.num_layers = num_layers
+        self.last_stats = None
+
+    def init_kv_caches(self, batch_size, max_seq_len, device, dtype):
+        return [{"end": 0} for _ in range(self.num_layers)]
+
+    def forward(self, x, timestep, context=None, *args, transformer_options=None, **kwargs):
+        to = transformer_options if transformer_options is not None else {}
+        ar_state = to.get("ar_state")
+        if ar_state is None:
+            return self.original_forward(x, timestep, context, *args, transformer_options=to, **kwargs)
+        driver = to.get(SESSION_KEY)
+        if driver is None:
+            raise RuntimeError("a model from Apply Dummy Forcing / AR Cache Policy was called by an AR loop the node "
+                               "pack does not drive; use SamplerCustomAdvanced with Sampler AR Video")
+        return driver(x, timestep, context, ar_state["start_frame"])
+
+    def sampler_sample(self, executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
+        if not _is_ar_video(executor.class_obj):
+            return executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+        to = extra_args.setdefault("model_options", {}).setdefault("transformer_options", {})
+        driver = self._open(executor.class_obj, guider, sigmas, to, tuple(noise.shape))
+        to[SESSION_KEY] = driver
+        try:
+            out = executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+        finally:
+            to.pop(SESSION_KEY, None)
+            stats = driver.session.close()
+        driver.verify()
+        self.last_stats = stats
+        return out
+
+    def _open(self, sampler, guider, sigmas, to: dict, shape) -> _CoreLoopDriver:
+        with node_errors(CORE_SAMPLER, OWNERS, RENAMES):
+            spec = to.get(CACHE_SPEC_KEY)
+            if spec is None:
+                raise ValueError("the model lost the pack's cache settings; re-create Apply Dummy Forcing")
+            cfg = float(getattr(guider, "cfg", 1.0))
+            if cfg != 1.0:
+                raise ValueError(f"the guider's cfg is {cfg}: the pack's cache runs core's AR loop without CFG, as "
+                                 "distilled causal checkpoints are made for; set CFGGuider's cfg to 1.0")
+            positive = (getattr(guider, "conds", None) or {}).get("positive") or []
+            if len(positive) > 1:
+                raise ValueError(f"the positive conditioning has {len(positive)} entries (combined or timestep-ranged "
+                                 "prompts); the pack's AR cache runs one prompt per video: give one")
+            s = [float(v) for v in sigmas.detach().flatten().cpu().tolist()]  # once per video
+            if len(s) < 2 or s[-1] != 0.0 or any(v <= 0.0 for v in s[:-1]):
+                raise ValueError(f"the sigmas {s} must be positive steps ending in one 0 (BasicScheduler, e.g. simple "
+                                 "4 steps)")
+            initial = (to.get("ar_config") or {}).get("initial_latent")
+            n_init = 0 if initial is None else int(initial.shape[2])
+            chunk = int(getattr(sampler, "extra_options", {}).get("num_frame_per_block", 1))
+            base = guider.inner_model
+            dtype = _inference_dtype(base)
+            runner = ChunkRunner(base.diffusion_model, dtype=dtype, device=guider.model_patcher.load_device)
+            spec.check_model(runner.geometry)
+            settings = SamplerSettings(chunk_frames=chunk, sigmas=tuple(s[:-1]))
+            run = plan_run(runner.geometry, shape, settings, spec, n_init, dtype, given_in_one_piece=True)
+        session = VideoSession(runner, run.chunks, run.policy, loop="ComfyUI Sampler AR Video")
+        return _CoreLoopDriver(session, len(s) - 1)
