@@ -60,18 +60,19 @@ def check_latent(shape, geom: ModelGeometry, name: str = "latent") -> None:
     """Refuse a latent shape [B, C, F, H, W] the model cannot generate chunk by chunk; the
     error names the input (``name``) and says what would fix it."""
     shape = tuple(int(s) for s in shape)
+    what = f"the '{name}' input"
     if len(shape) != 5:
-        raise SettingError("input", name, f"'{name}' must be a video latent [B, C, frames, H, W] (5 dims), got shape "
+        raise SettingError("input", name, f"{what} must be a video latent [B, C, frames, H, W] (5 dims), got shape "
                            f"{list(shape)}; an image latent [B, C, H, W] cannot be generated chunk by chunk: use a "
                            "video latent (EmptyHunyuanLatentVideo / EmptyARVideoLatent)")
     B, C, Fr, Hh, Ww = shape
     if min(B, Fr, Hh, Ww) < 1:
-        raise SettingError("input", name, f"'{name}' has shape {list(shape)}: batch, frames, height and width must all "
+        raise SettingError("input", name, f"{what} has shape {list(shape)}: batch, frames, height and width must all "
                            "be at least 1 (a width, height or length of 0 makes an empty latent)")
     if C != geom.in_dim:
-        raise SettingError("input", name, f"'{name}' has {C} channels but the model takes {geom.in_dim} (a Wan2.1 "
+        raise SettingError("input", name, f"{what} has {C} channels but the model takes {geom.in_dim} (a Wan2.1 "
                            "latent has 16)")
     _, ph, pw = geom.patch_size
     if Hh % ph or Ww % pw:
-        raise SettingError("input", name, f"'{name}' height/width {Hh}x{Ww} must be divisible by the patch {ph}x{pw} "
+        raise SettingError("input", name, f"{what} height/width {Hh}x{Ww} must be divisible by the patch {ph}x{pw} "
                            f"(image width and height divisible by {8 * ph})")

@@ -10,7 +10,8 @@ head if ``a_sink >= a_neighbor`` else a neighbor head. Ties are broken by the fl
 
 This module is the one home of the head-type names (:class:`HeadType`, ``.label``), their
 counter (:func:`type_counts`) and the dummy-count check (:func:`resolve_dummy_count`) that
-Apply Dummy Forcing and the Dummy Forcing policy both call.
+Apply Dummy Forcing and the Dummy Forcing policy both call (through
+``DummyForcingConfig.check_model``).
 """
 from __future__ import annotations
 
@@ -45,21 +46,16 @@ class TypeCount(NamedTuple):
     dummy: int
 
 
-def _check_quota(n: int, num_layers: int, num_heads: int, scope: str) -> None:
+def _check_scope(scope: str) -> None:
+    # no per-layer quota check is needed: n <= layers x heads means ceil(n / layers) <= heads
     if scope not in SCOPES:
         raise SettingError("dummy_forcing", "scope", f"'scope' must be one of {', '.join(SCOPES)}, got {scope!r}")
-    if scope == "per_layer":
-        quota, extra = divmod(n, num_layers)
-        if quota > num_heads or (quota == num_heads and extra):
-            raise SettingError("dummy_forcing", "scope",
-                               f"{n} dummy heads with 'scope' per_layer need {quota + (1 if extra else 0)} in some "
-                               f"layer but a layer has only {num_heads} heads; use fewer dummy heads or scope global")
 
 
 def resolve_dummy_count(fraction: float, count: int, num_layers: int, num_heads: int, scope: str = "global") -> int:
     """How many heads become dummy: ``count`` when > 0, else ``fraction`` (in [0, 1]) of all
-    ``num_layers x num_heads`` heads, rounded to the nearest count. Checks the range and, for
-    scope ``per_layer``, that every layer can hold its share."""
+    ``num_layers x num_heads`` heads, rounded to the nearest count. Checks the range and the
+    scope (every count in range fits scope ``per_layer``: ceil(n / layers) <= heads)."""
     total = int(num_layers) * int(num_heads)
     what = f"the model has {num_layers} layers x {num_heads} heads = {total} heads"
     if isinstance(count, bool) or not isinstance(count, int):
@@ -77,7 +73,7 @@ def resolve_dummy_count(fraction: float, count: int, num_layers: int, num_heads:
                                f"'dummy_heads' = {fraction!r} is not a fraction in [0, 1]: {what}; use a fraction such "
                                f"as 0.5 (= {total // 2} heads) or set 'dummy_head_count'")
         n = min(total, int(float(fraction) * total + 0.5))
-    _check_quota(n, num_layers, num_heads, scope)
+    _check_scope(scope)
     return n
 
 
@@ -114,7 +110,7 @@ def program_heads(scores: torch.Tensor, num_dummy: int, scope: str = "global", n
     if isinstance(num_dummy, bool) or not isinstance(num_dummy, int) or not 0 <= num_dummy <= L * H:
         raise ValueError(f"num_dummy must be a head count in 0..{L * H} (use resolve_dummy_count), got {num_dummy!r}")
     n = int(num_dummy)
-    _check_quota(n, L, H, scope)
+    _check_scope(scope)
     cost, prefers_sink = _costs(scores, normalise)
     assign = torch.where(prefers_sink, int(HeadType.SINK), int(HeadType.NEIGHBOR)).to(torch.long)
     flat_cost = cost.flatten().tolist()

@@ -42,8 +42,9 @@ def test_resolve_dummy_count():
             resolve_dummy_count(bad, 0, 30, 12)
     with pytest.raises(ValueError, match="dummy_head_count"):
         resolve_dummy_count(0.5, 2.0, 30, 12)
-    with pytest.raises(ValueError, match="per_layer need 4 in some layer"):  # the one quota check
-        resolve_dummy_count(0.0, 7, 2, 3, "per_layer")
+    assert resolve_dummy_count(0.0, 6, 2, 3, "per_layer") == 6  # any count in range fits per_layer
+    with pytest.raises(ValueError, match="scope"):
+        resolve_dummy_count(0.5, 0, 2, 3, "layer")
 
 
 def test_greedy_known_answer():

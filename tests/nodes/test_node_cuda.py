@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import comfy.model_management as mm
-from test_pack import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
+from node_helpers import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -38,7 +38,7 @@ def test_sampler_profile_and_stats_on_cuda(cuda, stub_model_patcher, run_node, p
     x = lat["samples"]
     assert x.device == mm.intermediate_device() and x.dtype == torch.float32 and torch.isfinite(x).all()
     assert next(net.parameters()).device.type == "cuda"  # loaded by model management
-    assert stats.dummy_forcing["profile"] == "given"
+    assert stats.dummy_forcing["head_profile"] == "given"
     assert progress_events and progress_events[-1][2][0] == "JPEG"
     text, image = run_node(N["CacheStats"], stats=stats).args
     assert "KV cache at end" in text and image.shape[-1] == 3

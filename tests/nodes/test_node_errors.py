@@ -10,7 +10,7 @@ import torch
 
 import comfy.model_management as mm
 import comfy.utils
-from test_pack import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
+from node_helpers import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
 
 from dummy_forcing_core.head_profile import HeadProfile
 from dummy_forcing_core.geometry import ModelGeometry
@@ -86,7 +86,7 @@ def test_wrong_channels_and_sizes(run_node, N, model):
           [model], model=model, positive=cond(), latent=video_latent(channels=8), **SAMPLER)
     fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: the 'latent' input height/width 5x4 must be divisible",
           [model], model=model, positive=cond(), latent=video_latent(h=5), **SAMPLER)
-    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: start frames must be in \[0, 5\]", [model],
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: 'start_frames' = 6 does not fit a 6-frame latent: use 0 to 5", [model],
           model=model, positive=cond(), latent=video_latent(), start_frames=6, **SAMPLER)
 
 
@@ -113,30 +113,35 @@ def test_bad_denoise_list(run_node, N, model):
 
 def test_ar_start_beyond_the_video(run_node, N, model):
     m = run_node(N["ApplyDummyForcing"], model=model, ar_start=5)[0]
-    msg = fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: ar_start=5 is beyond the video", [model, m],
+    # the error names the node and widget the setting is on, and says what would fix it
+    msg = fails(run_node, N["ARVideoSampler"], r"^Apply Dummy Forcing: this video generates 6 chunk\(s\)", [model, m],
                 model=m, positive=cond(), latent=video_latent(frames=6), **SAMPLER)
-    assert "ar_start must be <= 4" in msg
+    assert "'ar_start' = 5" in msg and "needs at least 7 chunks: 7 latent frames (length 25 video frames)" in msg
+    assert "Lower 'ar_start' or make the video longer" in msg and msg.endswith("(found while running AR Video Sampler)")
+    assert "<= -1" not in msg and "<= 4" not in msg
 
 
 def test_sink_frames_beyond_the_base_cache(run_node, N, model):
     m = run_node(N["ApplyDummyForcing"], model=model, sink_frames=1)[0]
-    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: at ar_start=1 the base cache .* no longer holds frames",
+    fails(run_node, N["ARVideoSampler"], r"^Apply Dummy Forcing: at 'ar_start' = 1 the base cache \(last 1 frame\) no "
+          r"longer holds frames \[0\] that sink heads keep \('sink_frames'\)",
           [model, m], model=m, positive=cond(), latent=video_latent(frames=6), frames_per_chunk=1,
           cache="sink + window", sink_frames=0, window_frames=1)
 
 
 def test_too_many_dummy_heads(run_node, N, model):
-    msg = fails(run_node, N["ApplyDummyForcing"], r"^Apply Dummy Forcing: dummy_head_count = 9 but the model has 2 "
-                r"layers x 4 heads = 8 heads", [model], model=model, dummy_head_count=9)
-    assert "at most 8" in msg
+    msg = fails(run_node, N["ApplyDummyForcing"], r"^Apply Dummy Forcing: 'dummy_head_count' = 9 is out of range: the "
+                r"model has 2 layers x 4 heads = 8 heads", [model], model=model, dummy_head_count=9)
+    assert "use 1 to 8" in msg
     out = run_node(N["ApplyDummyForcing"], model=model, dummy_head_count=8)[0]  # all heads: allowed
-    assert out.model_options["transformer_options"]["dummy_forcing"].dummy_heads == 8
+    assert out.model_options["transformer_options"]["dummy_forcing"].dummy_forcing.dummy_head_count == 8
 
 
 def test_profile_for_another_model(run_node, N, model, stub_model_patcher):
     other = stub_model_patcher(tiny_wan(layers=3, heads=2, head_dim=32))
     geom = ModelGeometry.of(other.model.diffusion_model)
-    prof = HeadProfile(torch.rand(3, 2, 3), geom.fingerprint())
+    scores = torch.rand(3, 2, 3)
+    prof = HeadProfile(scores / scores.sum(-1, keepdim=True), geom.fingerprint())
     msg = fails(run_node, N["ApplyDummyForcing"], r"^Apply Dummy Forcing: the 'head_profile' input does not fit this "
                 r"model", [model], model=model, head_profile=prof)
     assert "3 layers x 2 heads" in msg and "2 layers x 4 heads" in msg and "profile it again" in msg
@@ -145,7 +150,8 @@ def test_profile_for_another_model(run_node, N, model, stub_model_patcher):
     smuggled = model.clone()
     smuggled.model_options["transformer_options"]["dummy_forcing"] = \
         ok.model_options["transformer_options"]["dummy_forcing"]
-    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: head profile was made for a model with 3 layers",
+    fails(run_node, N["ARVideoSampler"], r"^Apply Dummy Forcing: the 'head_profile' input does not fit this model: head "
+          "profile was made for a model with 3 layers",
           [model, smuggled], model=smuggled, positive=cond(), latent=video_latent(), **SAMPLER)
 
 
@@ -165,7 +171,7 @@ def test_load_head_profile_rejects_other_files(run_node, N, comfy_dirs):
         f.write(b"this is not safetensors")
     msg = fails(run_node, N["LoadHeadProfile"], r"^Load Head Profile: .*a_lora.safetensors is not a Dummy Forcing head "
                 "profile", profile_name="a_lora.safetensors")
-    assert "Pick a file saved by the head profiling node" in msg
+    assert "Pick a file saved by the Profile Heads node" in msg
     fails(run_node, N["LoadHeadProfile"], r"^Load Head Profile: .*broken.safetensors is not a head profile",
           profile_name="broken.safetensors")
 
@@ -174,7 +180,7 @@ def test_profile_heads_bad_settings(run_node, N, model, comfy_dirs):
     fails(run_node, N["ProfileHeads"], r"^Profile Heads: profiling chunks 1..2 needs a latent of at least 4 chunks",
           [model], model=model, conditioning=cond(), latent=video_latent(frames=3), frames_per_chunk=1,
           chunks_to_profile=2)
-    fails(run_node, N["ProfileHeads"], r"^Profile Heads: save_name '\.\./x' is not a plain file name", [model],
+    fails(run_node, N["ProfileHeads"], r"^Profile Heads: 'save_name' '\.\./x' is not a plain file name", [model],
           model=model, conditioning=cond(), latent=video_latent(frames=3), frames_per_chunk=1, save_name="../x")
     assert not os.path.exists(os.path.join(comfy_dirs.output, "dummy_forcing"))
 
@@ -233,13 +239,13 @@ def test_cancel_before_start_and_during_profiling(run_node, N, model):
 
 def test_errors_name_the_node_once():
     """node_errors never double-prefixes a message that already names the node."""
-    from test_pack import load_pack
+    from node_helpers import load_pack
     load_pack()
     import sys
-    glue = sys.modules["ComfyUI_Dummy_Forcing.nodes.comfy_glue"]
+    errors = sys.modules["ComfyUI_Dummy_Forcing.nodes.node_errors"]
     with pytest.raises(ValueError) as ei:
-        with glue.node_errors("X"):
-            with glue.node_errors("X"):
+        with errors.node_errors("X"):
+            with errors.node_errors("X"):
                 raise ValueError("bad")
     assert str(ei.value) == "X: bad"
     assert not re.search(r"X: X:", str(ei.value))

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import comfy.model_management as mm
-from test_pack import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
+from node_helpers import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
 
+from dummy_forcing_core.cache_policy import CacheSpec
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
 from dummy_forcing_core.kv_cache import Retention
 from dummy_forcing_core.head_profile import HeadProfile
@@ -42,12 +43,12 @@ def apply(run_node, N, model, **kw):
     return run_node(N["ApplyDummyForcing"], model=model, **kw)[0]
 
 
-def core_reference(model, ctx, shape, settings, df=None, start=None, start_frames=0):
+def core_reference(model, ctx, shape, settings, df=None, start=None, start_frames=0, base=None):
     """What the sampler must return: the core run on the same module, in VAE space."""
     fmt = model.model.latent_format
     runner = ChunkRunner(model.model.diffusion_model)
     st = fmt.process_in(start) if start is not None else None
-    res = generate(runner, ctx, shape, settings, dummy_forcing=df, start_latent=st, start_frames=start_frames)
+    res = generate(runner, ctx, shape, settings, CacheSpec(base, df), start_latent=st, start_frames=start_frames)
     return fmt.process_out(res.latent), res.stats
 
 
@@ -80,14 +81,16 @@ def test_sampler_with_dummy_forcing_online_profiling(run_node, N, model):
     df_model = apply(run_node, N, model, dummy_heads=0.5, ar_start=1)
     snap.assert_unchanged()
     assert df_model is not model and df_model.model is model.model
-    cfg = df_model.model_options["transformer_options"]["dummy_forcing"]
-    assert isinstance(cfg, DummyForcingConfig) and cfg.dummy_heads == 0.5 and cfg.profile is None
+    spec = df_model.model_options["transformer_options"]["dummy_forcing"]
+    cfg = spec.dummy_forcing
+    assert isinstance(spec, CacheSpec) and spec.base is None
+    assert isinstance(cfg, DummyForcingConfig) and cfg.dummy_heads == 0.5 and cfg.head_profile is None
     assert "dummy_forcing" not in model.model_options["transformer_options"]
     df_snap = ModelSnapshot(df_model)
     positive = cond(1)
     lat, stats = sample(run_node, N, df_model, positive=positive, seed=3)
     df_snap.assert_unchanged()
-    assert stats.dummy_forcing["profile"] == "online" and stats.switch_chunk == 2
+    assert stats.dummy_forcing["head_profile"] == "online" and stats.switch_chunk == 2
     assert sum(c[2] for c in stats.type_counts()) == 4  # half of the 8 heads are dummy
     assert stats.kv_bytes < stats.kv_full_bytes
     ref, _ = core_reference(model, positive[0][0], (1, 16, 6, 4, 4),
@@ -101,14 +104,13 @@ def test_apply_count_scope_and_options(run_node, N, model):
     m = apply(run_node, N, model, dummy_head_count=3, dummy_heads=0.9, scope="per_layer", normalised_cost=True,
               ar_start=2, neighbor_chunks=2, sink_frames=2, context_packing=False, profile_sample_fraction=0.5,
               profile_seed=9, long_context_frames=4)
-    cfg = m.model_options["transformer_options"]["dummy_forcing"]
-    assert cfg == DummyForcingConfig(dummy_heads=3, scope="per_layer", normalise=True, ar_start=2, neighbor_chunks=2,
-                                     sink_frames=2, packing=False, sample_fraction=0.5, profile_seed=9,
-                                     long_context_frames=4)
-    assert isinstance(cfg.dummy_heads, int)
+    cfg = m.model_options["transformer_options"]["dummy_forcing"].dummy_forcing
+    assert cfg == DummyForcingConfig(dummy_heads=0.9, dummy_head_count=3, scope="per_layer", normalised_cost=True,
+                                     ar_start=2, neighbor_chunks=2, sink_frames=2, context_packing=False,
+                                     profile_sample_fraction=0.5, profile_seed=9, long_context_frames=4)
     # a FLOAT widget sent as a JSON integer (e.g. 1) stays a fraction, not a head count
-    cfg1 = apply(run_node, N, model, dummy_heads=1).model_options["transformer_options"]["dummy_forcing"]
-    assert cfg1.dummy_heads == 1.0 and isinstance(cfg1.dummy_heads, float)
+    cfg1 = apply(run_node, N, model, dummy_heads=1).model_options["transformer_options"]["dummy_forcing"].dummy_forcing
+    assert cfg1.dummy_heads == 1.0 and isinstance(cfg1.dummy_heads, float) and cfg1.dummy_head_count == 0
     _, stats = sample(run_node, N, m, latent=video_latent(frames=8))
     assert sum(c[2] for c in stats.type_counts()) == 3
 
@@ -151,7 +153,7 @@ def test_sampler_sink_window_cache_and_steps(run_node, N, model, progress_events
     assert stats.policy == "sink 1 + window 2"
     assert len(progress_events) == 7 * 2  # empty denoise_timesteps -> 'steps' steps per chunk
     ref, _ = core_reference(model, cond()[0][0], (1, 16, 7, 4, 4),
-                            SamplerSettings(chunk_frames=1, timesteps=None, steps=2, retention=Retention(1, 2)))
+                            SamplerSettings(chunk_frames=1, timesteps=None, steps=2), base=Retention(1, 2))
     assert torch.equal(lat["samples"], ref.float())
     # sink_frames / window_frames are ignored with the full cache
     a, _ = sample(run_node, N, model, sink_frames=1, window_frames=1)
@@ -219,7 +221,7 @@ def test_profile_save_load_apply_without_online_profiling(run_node, N, model, co
     m = run_node(N["ApplyDummyForcing"], model=model, head_profile=loaded, dummy_heads=0.5)[0]
     snap.assert_unchanged()
     lat, stats = sample(run_node, N, m, seed=4)
-    assert stats.dummy_forcing["profile"] == "given"
+    assert stats.dummy_forcing["head_profile"] == "given"
     assert stats.profile_seconds == 0.0  # no online profiling ran
     assert stats.head_scores == profile.scores.tolist()
     assert torch.equal(torch.tensor(stats.head_types), profile.assign(0.5))
@@ -233,7 +235,8 @@ def test_load_head_profile_from_models_folder(run_node, N, model, comfy_dirs):
     import folder_paths
     from dummy_forcing_core.geometry import ModelGeometry
     geom = ModelGeometry.of(model.model.diffusion_model)
-    prof = HeadProfile(torch.rand(2, 4, 3), geom.fingerprint(), {"made": "by hand"})
+    scores = torch.rand(2, 4, 3)
+    prof = HeadProfile(scores / scores.sum(-1, keepdim=True), geom.fingerprint(), {"made": "by hand"})
     folder = os.path.join(folder_paths.models_dir, "dummy_forcing_profiles", "sub")
     os.makedirs(folder)
     prof.save(os.path.join(folder, "hand.safetensors"))
@@ -259,7 +262,7 @@ def test_cache_stats_text_and_plots(run_node, N, model):
     _, stats = sample(run_node, N, apply(run_node, N, model), latent=video_latent(frames=5))
     out = run_node(N["CacheStats"], stats=stats)
     text, image = out[0], out[1]
-    assert text == stats.to_text() and "dummy forcing: dummy_heads=0.5" in text
+    assert text == stats.to_text() and "dummy forcing: dummy heads 0.5" in text
     assert image.ndim == 4 and image.shape[0] == 1 and image.shape[-1] == 3
     assert image.shape[1] > 300 and image.shape[2] >= 600
     ui = out.ui
@@ -301,7 +304,7 @@ def test_compute_dtype_follows_comfyui(stub_model_patcher):
     """manual_cast_dtype (set by ComfyUI for fp8 / low-precision storage) wins over the weights'
     dtype; storage-only dtypes never become the compute dtype."""
     import sys
-    from test_pack import load_pack
+    from node_helpers import load_pack
     load_pack()
     glue = sys.modules["ComfyUI_Dummy_Forcing.nodes.comfy_glue"]
     assert glue.compute_dtype(stub_model_patcher(tiny_wan())) == torch.float32

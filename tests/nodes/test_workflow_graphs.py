@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from test_pack import ModelSnapshot, TEXT_DIM, pack_nodes, tiny_wan
+from node_helpers import ModelSnapshot, TEXT_DIM, pack_nodes, tiny_wan
 
 from dummy_forcing_core.head_profile import HeadProfile
 from dummy_forcing_core.stats import GenerationStats
@@ -127,7 +127,7 @@ def test_text_to_video_workflow_end_to_end(env, run_node):
     assert order.index("ApplyDummyForcing") < order.index("ARVideoSampler") < order.index("CacheStats")
     (latent, stats), = of_type(prompt, results, "ARVideoSampler")
     assert latent["samples"].shape == (1, 16, 21, 4, 4)
-    assert isinstance(stats, GenerationStats) and stats.dummy_forcing["profile"] == "online"
+    assert isinstance(stats, GenerationStats) and stats.dummy_forcing["head_profile"] == "online"
     assert stats.switch_chunk == 2 and stats.chunk_frames == 3 and len(stats.chunk_seconds) == 7
     assert core.saved_videos == [("video/dummy_forcing", (81, 32, 32, 3), 16)]
     (text, plots), = of_type(prompt, results, "CacheStats")
@@ -159,7 +159,7 @@ def test_profile_and_reuse_workflow_first_and_later_runs(env, run_node, comfy_di
     saved = os.path.join(comfy_dirs.output, "dummy_forcing", "profiles", "self_forcing_480p.safetensors")
     assert os.path.isfile(saved)
     (latent, stats), = of_type(prompt, results, "ARVideoSampler")
-    assert stats.dummy_forcing["profile"] == "given" and stats.profile_seconds == 0.0
+    assert stats.dummy_forcing["head_profile"] == "given" and stats.profile_seconds == 0.0
     assert len(core.saved_videos) == 1
 
     # later run: the user enables the reuse group; Load Head Profile reads the file of the 1st run
@@ -169,7 +169,7 @@ def test_profile_and_reuse_workflow_first_and_later_runs(env, run_node, comfy_di
     (loaded,), = of_type(prompt, results, "LoadHeadProfile")
     assert torch.equal(loaded.scores, HeadProfile.load(saved).scores)
     runs = of_type(prompt, results, "ARVideoSampler")
-    assert len(runs) == 2 and all(st.dummy_forcing["profile"] == "given" for _, st in runs)
+    assert len(runs) == 2 and all(st.dummy_forcing["head_profile"] == "given" for _, st in runs)
     assert sorted(st.dummy_forcing["dummy_heads"] for _, st in runs) == [0.4, 0.5]
     assert len(core.saved_videos) == 3
     assert len(core.models) == 1  # one loaded model shared by every branch
