@@ -195,3 +195,22 @@ def test_offline_profile_reproduces_online_profiling(model, ctx):
     assert both.settings["prompts"] == 2 and both.num_samples == 8  # 2 prompts x 2 seeds x 2 chunks
     with pytest.raises(ValueError, match="at least"):
         profile_heads(runner, [ctx], shape, settings, [9], ProfilingSpec.create(geom, ar_start=2, chunks=2))
+
+
+def test_what_the_base_cache_must_hold_for_dummy_heads(model, ctx):
+    """With packing, a dummy head keeps the last sink_frames frames: a base cache that dropped
+    them is refused before anything runs; one that keeps them (or packing off) is fine."""
+    shape = (1, 16, 12, H_LAT, W_LAT)
+    st = SamplerSettings(chunk_frames=3, timesteps=(1000,))
+    no_neighbors = [[SINK, DUMMY, SINK, DUMMY]] * 3  # only sink and dummy heads
+
+    def spec(base, packing):
+        return CacheSpec(base, DummyForcingConfig(dummy_head_count=6, sink_frames=1, context_packing=packing,
+                                                  head_profile=profile_for(model, no_neighbors)))
+
+    first_three = Retention(3, 0)  # at ar_start = 1, 6 frames are cached: it holds 0, 1, 2 but not 5
+    with pytest.raises(ValueError, match=r"no longer holds frames \[5\] that dummy heads keep \('sink_frames'\)"):
+        generate(ChunkRunner(model), ctx, shape, st, spec(first_three, True))
+    generate(ChunkRunner(model), ctx, shape, st, spec(first_three, False))  # dummy heads keep nothing
+    res = generate(ChunkRunner(model), ctx, shape, st, spec(Retention(3, 1), True))  # keeps frame 5: enough
+    assert res.stats.switch_chunk == 2

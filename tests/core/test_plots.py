@@ -12,9 +12,9 @@ def make_stats(layers=2, heads=4, chunks=6, df=True, held=(1024, 2048), full=409
     return GenerationStats(
         fingerprint={"num_layers": layers, "num_heads": heads, "head_dim": 16, "dim": 16 * heads},
         latent_hw=(4, 4), frames=chunks * 3, chunk_frames=3, tokens_per_frame=4,
-        policy="full", dummy_forcing=({"dummy_heads": 0.5, "scope": "global", "ar_start": 1, "neighbor_chunks": 1,
-                                       "sink_frames": 1, "packing": True, "long_context_frames": 0,
-                                       "profile": "online"} if df else None),
+        policy="full", dummy_forcing=({"dummy_heads": 0.5, "dummy_head_count": 0, "scope": "global", "ar_start": 1,
+                                       "neighbor_chunks": 1, "sink_frames": 1, "context_packing": True,
+                                       "long_context_frames": 0, "head_profile": "online"} if df else None),
         chunk_seconds=list(seconds if seconds is not None else [0.4, 0.3] + [0.1] * (chunks - 2)),
         switch_chunk=switch if df else None, head_types=types, head_scores=scores,
         kv_bytes_layers=[held[i % len(held)] for i in range(layers)] if df else [full] * layers,
@@ -108,3 +108,16 @@ def test_without_pillow(monkeypatch):
     img = plots.stats_image(make_stats())
     assert img.dtype == np.uint8 and img.shape[1] == plots.WIDTH
     assert has_colour(img, plots.HELD_COLOUR) and has_colour(img, plots.SWITCH_COLOUR)
+
+
+def test_cache_stats_text_has_a_row_per_layer_under_its_header():
+    st = make_stats(layers=3, heads=4, held=(1024, 2048, 3072), full=8192)
+    lines = st.to_text().splitlines()
+    head = lines.index("layer  sink  neighbor  dummy  KV held      KV full")
+    rows = lines[head + 1:head + 4]
+    for i, row in enumerate(rows):
+        types = st.head_types[i]
+        assert row.split()[:4] == [str(i), str(types.count(0)), str(types.count(1)), str(types.count(2))]
+        assert row.split()[4:] == [f"{st.kv_bytes_layers[i] / 1024:.2f}", "KiB", "8.00", "KiB"]
+    assert lines[head + 4].split() == ["total"] + [str(sum(t.count(k) for t in st.head_types)) for k in range(3)]
+    assert "layer  sink" not in make_stats(df=False).to_text()  # no per-head table without Dummy Forcing

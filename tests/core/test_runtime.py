@@ -231,3 +231,45 @@ def test_bad_inputs_raise_clear_errors(model):
         ModelGeometry.of(torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match="not a Wan model"):
         WanConfig.from_state_dict({"conv1.weight": torch.zeros(3, 3)})
+
+
+def reference_sampler_with_context_noise(model, ctx, shape, settings):
+    """The loop written out when the cache pass writes a re-noised chunk: the cached context of
+    a chunk is (1 - s) x0 + s eps at timestep ``context_timestep`` (s = that / 1000), eps
+    drawn after the chunk's step noise."""
+    B, C, Fr, Hh, Ww = shape
+    gen = torch.Generator().manual_seed(settings.seed)
+    draw = lambda s: torch.randn(s, generator=gen, dtype=torch.float32).double()[0]  # noqa: E731
+    sig = flow_sigmas(settings)
+    cs = settings.context_timestep / 1000.0
+    video = torch.zeros(C, Fr, Hh, Ww, dtype=torch.float64)
+    context = torch.zeros(C, Fr, Hh, Ww, dtype=torch.float64)  # what the cache holds, frame by frame
+    c = settings.chunk_frames
+    for f0 in range(0, Fr, c):
+        n = min(c, Fr - f0)
+        ids = list(range(f0 + n))
+        m = torch.tensor([[a // c >= b // c for b in ids] for a in ids])
+        m = m.repeat_interleave(TPF, 0).repeat_interleave(TPF, 1)
+        x = draw((B, C, n, Hh, Ww))
+        for k, s in enumerate(sig):
+            seq = torch.cat([context[:, :f0], x], 1)
+            ts = torch.tensor([settings.context_timestep] * f0 + [s * 1000] * n, dtype=torch.float64)
+            v = reference_forward(model.state_dict(), model.num_heads, seq, ts, ctx[0], ids, m)[:, f0:]
+            x0 = x - s * v
+            if k + 1 < len(sig):
+                x = (1 - sig[k + 1]) * x0 + sig[k + 1] * draw((B, C, n, Hh, Ww))
+        video[:, f0:f0 + n] = x0
+        context[:, f0:f0 + n] = (1 - cs) * x0 + cs * draw((B, C, n, Hh, Ww))
+    return video
+
+
+def test_context_timestep_renoises_the_cached_chunk(model):
+    torch.manual_seed(6)
+    ctx = torch.randn(1, 5, 32, dtype=torch.float64)
+    settings = SamplerSettings(chunk_frames=2, timesteps=(1000, 500), seed=13, context_timestep=200)
+    shape = (1, 16, 6, H_LAT, W_LAT)
+    res = generate(ChunkRunner(model), ctx, shape, settings)
+    assert rel(res.latent[0], reference_sampler_with_context_noise(model, ctx, shape, settings)) < 1e-9
+    clean = generate(ChunkRunner(model), ctx, shape, SamplerSettings(chunk_frames=2, timesteps=(1000, 500), seed=13))
+    assert rel(res.latent[:, :, 2:], clean.latent[:, :, 2:]) > 1e-3  # the context really was re-noised
+    assert torch.equal(res.latent[:, :, :2], clean.latent[:, :, :2])  # the first chunk sees no context

@@ -1,6 +1,5 @@
 """Training the tiny model: teacher forcing equals cached chunk inference; a few CPU steps learn."""
 import math
-import time
 
 import torch
 
@@ -49,7 +48,6 @@ def test_teacher_forcing_equals_cached_chunk_inference():
 
 
 def test_a_few_cpu_steps_learn_a_fixed_batch(tmp_path):
-    t0 = time.time()
     cfg = load_config(None, SMALL)
     tr = Trainer(cfg, "cpu", attn="sdpa")
     x0, tokens = tr.data(0, 4)
@@ -66,7 +64,6 @@ def test_a_few_cpu_steps_learn_a_fixed_batch(tmp_path):
     assert model.config.num_heads == 2 and size > 0
     for k, v in tr.ema_model.state_dict().items():
         assert torch.allclose(model.state_dict()[k], v.half().float())
-    assert time.time() - t0 < 20
 
 
 def test_shipped_config_fits_the_size_budget():
