@@ -35,7 +35,8 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 
-from dummy_forcing_core.dummy_forcing import DummyForcingConfig  # noqa: E402
+from dummy_forcing_core.cache_policy import CacheSpec  # noqa: E402
+from dummy_forcing_core.dummy_forcing import DummyForcingConfig, layer_group_specs  # noqa: E402
 from dummy_forcing_core.fused_forward import FastOptions  # noqa: E402
 from dummy_forcing_core.kv_cache import FULL, Retention  # noqa: E402
 from dummy_forcing_core.sampler import SamplerSettings, generate  # noqa: E402
@@ -54,19 +55,19 @@ LABELS = {"full": "full cache", "window": "sink 3 + window 12", "df": "Dummy For
 
 
 def variant_settings(name: str, sample_fraction: float = 0.25):
-    """(SamplerSettings, DummyForcingConfig or None) of a variant."""
+    """(SamplerSettings, CacheSpec) of a variant."""
     base = SamplerSettings(chunk_frames=3, timesteps=(1000.0, 750.0, 500.0, 250.0), shift=5.0, seed=0)
-    df = dict(dummy_heads=0.5, ar_start=1, neighbor_chunks=1, sink_frames=1, sample_fraction=sample_fraction)
+    df = dict(dummy_heads=0.5, ar_start=1, neighbor_chunks=1, sink_frames=1, profile_sample_fraction=sample_fraction)
     if name in ("full",):
-        return base, None
+        return base, CacheSpec()
     if name in ("window", "window_long"):
-        return dataclasses.replace(base, retention=Retention(3, 12)), None
+        return base, CacheSpec(Retention(3, 12))
     if name in ("df", "df_long"):
-        return base, DummyForcingConfig(packing=True, **df)
+        return base, CacheSpec(dummy_forcing=DummyForcingConfig(context_packing=True, **df))
     if name == "df_nopack":
-        return base, DummyForcingConfig(packing=False, **df)
+        return base, CacheSpec(dummy_forcing=DummyForcingConfig(context_packing=False, **df))
     if name == "long":
-        return base, DummyForcingConfig(packing=True, long_context_frames=15, **df)
+        return base, CacheSpec(dummy_forcing=DummyForcingConfig(context_packing=True, long_context_frames=15, **df))
     raise ValueError(name)
 
 
@@ -110,7 +111,7 @@ def run_variant(runner, ctx, hw, frames, name, dev, repeat_warm=False, sample_fr
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
         before = torch.cuda.memory_allocated(dev)
-    res = generate(runner, ctx, shape, settings, dummy_forcing=dfc)
+    res = generate(runner, ctx, shape, settings, dfc)
     sync(dev)
     st = res.stats
     med, start = steady_seconds(st, name)
@@ -146,7 +147,7 @@ def warmup(runner, ctx, hw, variants, dev, frames):
         settings, dfc = variant_settings(name)
         settings = dataclasses.replace(settings, timesteps=(1000.0,))
         try:
-            generate(runner, ctx, (1, 16, frames, hw[0], hw[1]), settings, dummy_forcing=dfc)
+            generate(runner, ctx, (1, 16, frames, hw[0], hw[1]), settings, dfc)
         except torch.cuda.OutOfMemoryError:
             pass
     sync(dev)
@@ -298,8 +299,6 @@ def micro(dev, dtype, log):
 def op_profile(runner, ctx, hw, dev, log, passes=2):
     """Kernel time breakdown of denoising passes in Dummy Forcing's steady layout (random
     head types, 50% dummy), plus host enqueue time vs GPU time per pass."""
-    from dummy_forcing_core.dummy_forcing import layer_group_specs
-
     g = runner.geometry
     B, c = 1, 3
     cache = runner.new_cache(B, hw[0], hw[1], 21, c)
@@ -309,10 +308,11 @@ def op_profile(runner, ctx, hw, dev, log, passes=2):
         x = torch.randn(B, 16, c, *hw, generator=gen).to(dev)
         runner.forward(x, torch.zeros(B, device=dev), f0, text, cache, commit=True)
     cfg = DummyForcingConfig(dummy_heads=0.5)
+    retentions = cfg.head_retentions(c)
     types = torch.randint(0, 2, (g.num_layers, g.num_heads), generator=gen)
     flat = torch.randperm(g.num_layers * g.num_heads, generator=gen)[: g.num_layers * g.num_heads // 2]
     types.view(-1)[flat] = 2
-    cache.regroup([layer_group_specs(t, cfg, c) for t in types.tolist()])
+    cache.regroup([layer_group_specs(t, retentions, cfg.context_packing) for t in types.tolist()])
     x = torch.randn(B, 16, c, *hw, generator=gen).to(dev)
     runner.forward(x, torch.zeros(B, device=dev), 6, text, cache, commit=True)
     t = torch.full((B,), 500.0, device=dev)
@@ -488,12 +488,12 @@ def main(argv=None):
                 if over_budget():
                     log(f"time budget reached: skipping {res} {name}")
                     continue
-                g0 = dict(runner.fast_path.graph_stats) if runner.fast_path is not None else None
+                g0 = dict(runner.fast_path.graphs.stats) if runner.fast_path is not None else None
                 try:
                     row, out = run_variant(runner, ctx, hw, args.frames, name, dev)
                     if g0 is not None:
-                        row["graphs"] = {k: runner.fast_path.graph_stats[k] - g0[k] for k in g0}
-                        row["graphs"]["error"] = runner.fast_path.graph_error
+                        row["graphs"] = {k: runner.fast_path.graphs.stats[k] - g0[k] for k in g0}
+                        row["graphs"]["error"] = runner.fast_path.graphs.error
                 except torch.cuda.OutOfMemoryError:
                     row, out = {"variant": name, "label": LABELS[name], "error": "OOM"}, None
                     torch.cuda.empty_cache()
@@ -547,7 +547,7 @@ def main(argv=None):
             r = ChunkRunner(model, dtype=dtype, device=dev, fast=FastOptions(**kw))
             settings, dfc = variant_settings(var)
             try:
-                generate(r, ctx, (1, 16, 9, *hw), dataclasses.replace(settings, timesteps=(1000.0,)), dummy_forcing=dfc)
+                generate(r, ctx, (1, 16, 9, *hw), dataclasses.replace(settings, timesteps=(1000.0,)), dfc)
                 row, out = run_variant(r, ctx, hw, args.frames, var, dev)
             except Exception:  # noqa: BLE001
                 log(f"{label}: " + traceback.format_exc())
@@ -558,7 +558,7 @@ def main(argv=None):
             base_flops = next((a["attn_flops"] for a in results["ablations"] if a["variant"] == var), row["attn_flops"])
             row["attn_flops_equal_all_on"] = row["attn_flops"] == base_flops
             if r.fast_path is not None:
-                row["graphs"] = dict(r.fast_path.graph_stats, error=r.fast_path.graph_error)
+                row["graphs"] = dict(r.fast_path.graphs.stats, error=r.fast_path.graphs.error)
             results["ablations"].append(row)
             log(f"{label:28s} {var:7s} steady {row['fps_steady']:6.2f} FPS ({1000 * row['steady_median_s']:.1f} ms/chunk), "
                 f"clip {row['fps_clip']:6.2f} FPS, latent rel diff vs all-on {row['rel_diff_vs_all_on']:.1e} "
