@@ -54,9 +54,8 @@ def is_causal_ar(model) -> bool:
 
 
 def _hooks_of(model) -> "CoreARHooks | None":
-    to = (getattr(model, "model_options", None) or {}).get("transformer_options") or {}
-    found = comfy.patcher_extension.get_wrappers_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE,
-                                                          HOOK_KEY, to)
+    get = getattr(model, "get_wrappers", None)
+    found = get(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, HOOK_KEY) if get is not None else []
     return getattr(found[0], "__self__", None) if found else None
 
 

@@ -77,7 +77,7 @@ class ARVideoSampler(io.ComfyNode):
                     "output unchanged; generation starts after them. Default 0. Leave 0 with ARVideoI2V, whose start "
                     "image is used instead."),
                 io.Combo.Input(
-                    "noise_layout", options=NOISE_LAYOUTS, default="pack",
+                    "noise_layout", options=NOISE_LAYOUTS, default="pack", optional=True,
                     tooltip="How the seed becomes noise. 'pack' (default): one CPU generator drawn in a fixed order, "
                     "the same video on any device. 'comfy': the layout of core's Sampler AR Video with a RandomNoise "
                     "of this seed (start noise over the whole latent, fresh noise seeded per chunk and step on the "

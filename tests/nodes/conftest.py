@@ -4,7 +4,8 @@
 - `stub_model_patcher(diffusion_model, shift=None, manual_cast_dtype=None, load_device=None)`:
   factory fixture; wraps a Wan-structured torch module the way UNETLoader's MODEL is built
   (ModelPatcher -> WAN21 BaseModel -> .diffusion_model; latent_format Wan21 with non-identity
-  per-channel stats; flow model_sampling with the Wan 2.1 default shift 8.0). With `shift`, it
+  per-channel stats; flow model_sampling with the Wan 2.1 default shift 8.0, or for the stub's
+  CausalWanModel a WAN21_CausalAR with shift 5, as ComfyUI 0.27 loads causal checkpoints). With `shift`, it
   returns what ModelSamplingSD3(shift) returns in ComfyUI: a clone whose object patch
   "model_sampling" carries the shift -- read it with m.get_model_object("model_sampling").shift
   (m.model.model_sampling.shift is still 8.0 until load_models_gpu([m]) applies the patch).
@@ -89,8 +90,7 @@ def stub_model_patcher():
             diffusion_model.dtype = next(diffusion_model.parameters()).dtype
         if IS_STUB:
             import comfy.model_base
-            base = comfy.model_base.wrap_diffusion_model(diffusion_model, shift=8.0,
-                                                         manual_cast_dtype=manual_cast_dtype)
+            base = comfy.model_base.wrap_diffusion_model(diffusion_model, manual_cast_dtype=manual_cast_dtype)
         else:
             base = _wrap_real(diffusion_model, manual_cast_dtype)
         mm = comfy.model_management

@@ -33,6 +33,15 @@ def tiny_wan(seed=0, layers=2, heads=4, head_dim=16):
                                           dtype=torch.float32, text_dim=TEXT_DIM, in_dim=16)
 
 
+def tiny_causal_wan(seed=0, layers=2, heads=4, head_dim=16):
+    """The stub's CausalWanModel (ComfyUI 0.27's causal AR model) with tiny_wan's weights."""
+    from comfy.ldm.wan.ar_model import CausalWanModel
+    net = tiny_wan(seed, layers, heads, head_dim)
+    causal = CausalWanModel(net.config)
+    causal.load_state_dict(net.state_dict())
+    return causal.eval()
+
+
 def cond(seed=0, batch=1, tokens=8, dim=TEXT_DIM):
     g = torch.Generator().manual_seed(seed)
     return [[torch.randn(batch, tokens, dim, generator=g), {"pooled_output": None}]]

@@ -1,8 +1,10 @@
 """Write a tiny random Wan2.1 T2V diffusion model with ComfyUI's own WanModel class.
 
-Run with the ComfyUI interpreter:  python make_tiny_wan.py COMFYUI_DIR OUT.safetensors
+Run with the ComfyUI interpreter:  python make_tiny_wan.py COMFYUI_DIR OUT.safetensors [--causal]
 ComfyUI's detector (comfy/model_detection.py) infers num_heads = dim // 128, freq_dim 256,
 text_dim 4096 (default) and patch (1, 2, 2) from the keys, so the tiny model keeps those.
+``--causal`` adds the metadata ``config = {"transformer": {"causal_ar": true}}`` with which
+ComfyUI >= 0.21 builds its own CausalWanModel (older ComfyUI loads the same file as WanModel).
 """
 import json
 import os
@@ -11,7 +13,7 @@ import sys
 DIM, FFN, LAYERS = 256, 512, 2
 
 
-def main(comfy_dir, out_path, seed=0):
+def main(comfy_dir, out_path, causal=False, seed=0):
     sys.argv = [sys.argv[0], "--cpu"]
     sys.path.insert(0, comfy_dir)
     import comfy.options
@@ -38,10 +40,11 @@ def main(comfy_dir, out_path, seed=0):
             t = torch.randn_like(v) / max(fan_in, 1) ** 0.5
         sd[k] = t.contiguous()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    save_file(sd, out_path)
+    meta = {"config": json.dumps({"transformer": {"causal_ar": True}})} if causal else None
+    save_file(sd, out_path, metadata=meta)
     print(json.dumps({"path": out_path, "keys": len(sd), "params": sum(t.numel() for t in sd.values()),
-                      "dim": DIM, "heads": DIM // 128, "layers": LAYERS}))
+                      "dim": DIM, "heads": DIM // 128, "layers": LAYERS, "causal": causal}))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], causal="--causal" in sys.argv[3:])

@@ -1,4 +1,4 @@
-"""Stub of comfy/model_base.py (ComfyUI v0.3.64): the torch module a ModelPatcher wraps.
+"""Stub of comfy/model_base.py (ComfyUI 0.27): the torch module a ModelPatcher wraps.
 
 Mirrors: ModelType; BaseModel(model_config, model_type=ModelType.EPS, device=None,
 unet_model=...) with .diffusion_model, .latent_format, .model_config, .manual_cast_dtype,
@@ -90,13 +90,16 @@ class BaseModel(torch.nn.Module):
         xc = self.model_sampling.calculate_input(sigma, x)
         if c_concat is not None:
             xc = torch.cat([xc, c_concat.to(xc.device, xc.dtype)], dim=1)
-        dtype = self.manual_cast_dtype if self.manual_cast_dtype is not None else self.get_dtype()
+        dtype = self.get_dtype_inference()
         xc = xc.to(dtype)
         context = c_crossattn.to(xc.device, dtype) if c_crossattn is not None else None
         timestep = self.model_sampling.timestep(t).float()
         out = self.diffusion_model(xc, timestep, context=context, control=control,
                                    transformer_options=transformer_options, **kwargs).float()
         return self.model_sampling.calculate_denoised(sigma, out, x)
+
+    def get_dtype_inference(self):
+        return self.manual_cast_dtype if self.manual_cast_dtype is not None else self.get_dtype()
 
     def get_dtype(self):
         dtype = getattr(self.diffusion_model, "dtype", None)
@@ -125,8 +128,16 @@ class WAN21(BaseModel):
         self.image_to_video = image_to_video
 
 
-def wrap_diffusion_model(diffusion_model, shift=8.0, manual_cast_dtype=None, latent_format=None, device=None) -> WAN21:
-    """Stub-only: a WAN21 BaseModel around an existing Wan-structured torch module."""
+class WAN21_CausalAR(WAN21):  # noqa: N801 - ComfyUI's name
+    """ComfyUI 0.27: a Wan2.1 checkpoint with metadata config {"transformer": {"causal_ar": true}};
+    its diffusion model is comfy.ldm.wan.ar_model.CausalWanModel (sampling shift 5)."""
+
+
+def wrap_diffusion_model(diffusion_model, shift=None, manual_cast_dtype=None, latent_format=None, device=None) -> WAN21:
+    """Stub-only: a WAN21 BaseModel around an existing Wan-structured torch module (WAN21_CausalAR,
+    shift 5 by default, for a CausalWanModel; WAN21, shift 8, otherwise)."""
+    causal = hasattr(type(diffusion_model), "forward_block")
+    shift = (5.0 if causal else 8.0) if shift is None else shift
     cfg = StubModelConfig(latent_format=latent_format or comfy.latent_formats.Wan21,
                           sampling_settings={"shift": shift}, manual_cast_dtype=manual_cast_dtype)
-    return WAN21(cfg, device=device, diffusion_model=diffusion_model)
+    return (WAN21_CausalAR if causal else WAN21)(cfg, device=device, diffusion_model=diffusion_model)

@@ -184,7 +184,7 @@ def unload_all_models():
         current_loaded_models.pop(0).model_unload()
 
 
-def free_memory(memory_required, device, keep_loaded=[]):
+def free_memory(memory_required, device, keep_loaded=[], for_dynamic=False, pins_required=0, ram_required=0):
     return []
 
 

@@ -1,4 +1,4 @@
-"""Stub of comfy/model_patcher.py (ComfyUI v0.3.64): the MODEL type.
+"""Stub of comfy/model_patcher.py (ComfyUI 0.27): the MODEL type.
 
 Mirrors the parts a node pack touches:
 - ModelPatcher(model, load_device, offload_device, size=0, weight_inplace_update=False)
@@ -6,10 +6,11 @@ Mirrors the parts a node pack touches:
   .offload_device, .model_options == {"transformer_options": {}} initially, .patches,
   .object_patches, .object_patches_backup (shared between clones, like the real one),
   .parent, .attachments, .callbacks, .wrappers.
-- clone(): new patcher on the SAME torch model; model_options are copy.deepcopy'd (so a
-  holder object stored in transformer_options is deep-copied by every later clone, exactly
-  as in ComfyUI); patches / object_patches / callbacks / wrappers dicts are copied; ON_CLONE
-  callbacks run with (old, new).
+- clone(disable_dynamic=False, model_override=None, force_deepcopy=False): new patcher on the
+  SAME torch model; model_options are copied with comfy.utils.deepcopy_list_dict (dicts and
+  lists copied, other objects shared: a holder object in transformer_options is shared by
+  later clones, as in 0.27; v0.3.64 deep-copied it); patches / object_patches / callbacks /
+  wrappers dicts are copied; ON_CLONE callbacks run with (old, new).
 - add_object_patch(name, obj), get_model_object(name), set_model_compute_dtype(dtype),
   add_patches(patches, strength_patch=1.0, strength_model=1.0) (plain "diff" patches are applied
   at load like comfy.lora does; other patch kinds raise), model_size(), loaded_size(),
@@ -136,14 +137,15 @@ class ModelPatcher:
         return self.model.device
 
     # ------------------------------------------------------------------ cloning
-    def clone(self):
+    def clone(self, disable_dynamic=False, model_override=None, force_deepcopy=False):
+        # stub: no dynamic (VRAM-streamed) patchers, so the three options have nothing to do
         n = self.__class__(self.model, self.load_device, self.offload_device, self.size,
                            weight_inplace_update=self.weight_inplace_update)
         n.patches = {k: v[:] for k, v in self.patches.items()}
         n.patches_uuid = self.patches_uuid
         n.object_patches = self.object_patches.copy()
         n.weight_wrapper_patches = self.weight_wrapper_patches.copy()
-        n.model_options = copy.deepcopy(self.model_options)
+        n.model_options = comfy.utils.deepcopy_list_dict(self.model_options)
         n.backup = self.backup
         n.object_patches_backup = self.object_patches_backup
         n.parent = self

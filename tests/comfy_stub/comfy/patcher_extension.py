@@ -1,4 +1,4 @@
-"""Stub of comfy/patcher_extension.py (ComfyUI v0.3.64): callback / wrapper registries.
+"""Stub of comfy/patcher_extension.py (ComfyUI 0.27): callback / wrapper registries.
 
 Mirrors: CallbacksMP and WrappersMP constants, add_wrapper_with_key / get_all_wrappers /
 add_callback_with_key / get_all_callbacks on a transformer_options dict, WrapperExecutor
@@ -13,6 +13,8 @@ from typing import Callable
 
 class CallbacksMP:
     ON_CLONE = "on_clone"
+    ON_DEEPCLONE_MULTIGPU = "on_deepclone_multigpu"
+    ON_MATCH_MULTIGPU_CLONES = "on_match_multigpu_clones"
     ON_LOAD = "on_load_after"
     ON_DETACH = "on_detach_after"
     ON_CLEANUP = "on_cleanup"
@@ -145,7 +147,7 @@ def merge_nested_dicts(dict1: dict, dict2: dict, copy_dict1=True):
     merged = copy_nested_dicts(dict1) if copy_dict1 else dict1
     for k, v in dict2.items():
         if isinstance(v, dict):
-            merged[k] = merge_nested_dicts(v, merged.setdefault(k, {}))
+            merged[k] = merge_nested_dicts(merged.setdefault(k, {}), v)
         elif isinstance(v, list):
             merged.setdefault(k, []).extend(v)
         else:

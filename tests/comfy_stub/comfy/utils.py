@@ -47,6 +47,21 @@ class ProgressBar:
         self.update_absolute(self.current + value)
 
 
+def deepcopy_list_dict(obj, memo=None):
+    """Copy dicts and lists recursively; every other object is shared (ComfyUI 0.27)."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, dict):
+        res = {deepcopy_list_dict(k, memo): deepcopy_list_dict(v, memo) for k, v in obj.items()}
+    elif isinstance(obj, list):
+        res = [deepcopy_list_dict(v, memo) for v in obj]
+    else:
+        res = obj
+    memo[id(obj)] = res
+    return res
+
+
 def get_attr(obj, attr: str):
     for name in attr.split("."):
         obj = getattr(obj, name)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
@@ -94,17 +94,20 @@ class _IO_V3:
 
 class Input(_IO_V3):
     def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
-                 extra_dict=None):
+                 extra_dict=None, raw_link: bool = None, advanced: bool = None):
         self.id = id
         self.display_name = display_name
         self.optional = optional
         self.tooltip = tooltip
         self.lazy = lazy
         self.extra_dict = extra_dict if extra_dict is not None else {}
+        self.rawLink = raw_link
+        self.advanced = advanced
 
     def as_dict(self):
         return prune_dict({"display_name": self.display_name, "optional": self.optional,
-                           "tooltip": self.tooltip, "lazy": self.lazy}) | prune_dict(self.extra_dict)
+                           "tooltip": self.tooltip, "lazy": self.lazy, "rawLink": self.rawLink,
+                           "advanced": self.advanced}) | prune_dict(self.extra_dict)
 
     def get_io_type(self):
         return _StringIOType(self.io_type)
@@ -113,8 +116,8 @@ class Input(_IO_V3):
 class WidgetInput(Input):
     def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
                  default: Any = None, socketless: bool = None, widget_type: str = None, force_input: bool = None,
-                 extra_dict=None):
-        super().__init__(id, display_name, optional, tooltip, lazy, extra_dict)
+                 extra_dict=None, raw_link: bool = None, advanced: bool = None):
+        super().__init__(id, display_name, optional, tooltip, lazy, extra_dict, raw_link, advanced)
         self.default = default
         self.socketless = socketless
         self.widget_type = widget_type
@@ -197,8 +200,10 @@ class Boolean(ComfyTypeIO):
     class Input(WidgetInput):
         def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
                      default: bool = None, label_on: str = None, label_off: str = None,
-                     socketless: bool = None, force_input: bool = None):
-            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+                     socketless: bool = None, force_input: bool = None, extra_dict=None, raw_link: bool = None,
+                     advanced: bool = None):
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input,
+                             extra_dict, raw_link, advanced)
             self.label_on = label_on
             self.label_off = label_off
 
@@ -214,8 +219,10 @@ class Int(ComfyTypeIO):
         def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
                      default: int = None, min: int = None, max: int = None, step: int = None,
                      control_after_generate: bool = None, display_mode: NumberDisplay = None,
-                     socketless: bool = None, force_input: bool = None):
-            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+                     socketless: bool = None, force_input: bool = None, extra_dict=None, raw_link: bool = None,
+                     advanced: bool = None):
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input,
+                             extra_dict, raw_link, advanced)
             self.min = min
             self.max = max
             self.step = step
@@ -236,19 +243,22 @@ class Float(ComfyTypeIO):
     class Input(WidgetInput):
         def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
                      default: float = None, min: float = None, max: float = None, step: float = None,
-                     round: float = None, display_mode: NumberDisplay = None, socketless: bool = None,
-                     force_input: bool = None):
-            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+                     round: float = None, display_mode: NumberDisplay = None, gradient_stops: list = None,
+                     socketless: bool = None, force_input: bool = None, extra_dict=None, raw_link: bool = None,
+                     advanced: bool = None):
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input,
+                             extra_dict, raw_link, advanced)
             self.min = min
             self.max = max
             self.step = step
             self.round = round
             self.display_mode = display_mode
+            self.gradient_stops = gradient_stops
 
         def as_dict(self):
             return super().as_dict() | prune_dict({
                 "min": self.min, "max": self.max, "step": self.step, "round": self.round,
-                "display": self.display_mode})  # (sic) v0.3.64 passes the enum itself here
+                "display": self.display_mode, "gradient_stops": self.gradient_stops})
 
 
 @comfytype(io_type="STRING")
@@ -258,8 +268,10 @@ class String(ComfyTypeIO):
     class Input(WidgetInput):
         def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
                      multiline=False, placeholder: str = None, default: str = None, dynamic_prompts: bool = None,
-                     socketless: bool = None, force_input: bool = None):
-            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+                     socketless: bool = None, force_input: bool = None, extra_dict=None, raw_link: bool = None,
+                     advanced: bool = None):
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input,
+                             extra_dict, raw_link, advanced)
             self.multiline = multiline
             self.placeholder = placeholder
             self.dynamic_prompts = dynamic_prompts
@@ -277,12 +289,14 @@ class Combo(ComfyTypeIO):
         def __init__(self, id: str, options: list[str] | list[int] | type[Enum] = None, display_name: str = None,
                      optional=False, tooltip: str = None, lazy: bool = None, default: str | int | Enum = None,
                      control_after_generate: bool = None, upload: UploadType = None,
-                     image_folder: FolderType = None, remote: RemoteOptions = None, socketless: bool = None):
+                     image_folder: FolderType = None, remote: RemoteOptions = None, socketless: bool = None,
+                     extra_dict=None, raw_link: bool = None, advanced: bool = None):
             if isinstance(options, type) and issubclass(options, Enum):
                 options = [v.value for v in options]
             if isinstance(default, Enum):
                 default = default.value
-            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless)
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, None, extra_dict,
+                             raw_link, advanced)
             self.multiselect = False
             self.options = options
             self.control_after_generate = control_after_generate
@@ -316,9 +330,10 @@ class MultiCombo(ComfyTypeI):
     class Input(Combo.Input):
         def __init__(self, id: str, options: list[str], display_name: str = None, optional=False, tooltip: str = None,
                      lazy: bool = None, default: list[str] = None, placeholder: str = None, chip: bool = None,
-                     control_after_generate: bool = None, socketless: bool = None):
+                     control_after_generate: bool = None, socketless: bool = None, extra_dict=None,
+                     raw_link: bool = None, advanced: bool = None):
             super().__init__(id, options, display_name, optional, tooltip, lazy, default, control_after_generate,
-                             socketless=socketless)
+                             socketless=socketless, extra_dict=extra_dict, raw_link=raw_link, advanced=advanced)
             self.multiselect = True
             self.placeholder = placeholder
             self.chip = chip
@@ -370,7 +385,8 @@ class Hidden(str, Enum):
 
 class HiddenHolder:
     def __init__(self, unique_id: str, prompt: Any, extra_pnginfo: Any, dynprompt: Any,
-                 auth_token_comfy_org: str, api_key_comfy_org: str, **kwargs):
+                 auth_token_comfy_org: str, api_key_comfy_org: str, comfy_usage_source: str = None, **kwargs):
+        self.comfy_usage_source = comfy_usage_source
         self.unique_id = unique_id
         self.prompt = prompt
         self.extra_pnginfo = extra_pnginfo
@@ -395,10 +411,12 @@ class HiddenHolder:
 class NodeInfoV1:
     input: dict = None
     input_order: dict = None
+    is_input_list: bool = None
     output: list = None
     output_is_list: list = None
     output_name: list = None
     output_tooltips: list = None
+    output_matchtypes: list = None
     name: str = None
     display_name: str = None
     description: str = None
@@ -407,7 +425,12 @@ class NodeInfoV1:
     output_node: bool = None
     deprecated: bool = None
     experimental: bool = None
+    dev_only: bool = None
     api_node: bool = None
+    price_badge: dict = None
+    search_aliases: list = None
+    essentials_category: str = None
+    has_intermediate_output: bool = None
 
 
 def add_to_dict_v1(i: Input, input: dict):
@@ -422,17 +445,23 @@ class Schema:
     node_id: str
     display_name: str = None
     category: str = "sd"
-    inputs: list[Input] = None
-    outputs: list[Output] = None
-    hidden: list[Hidden] = None
+    inputs: list[Input] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+    hidden: list[Hidden] = field(default_factory=list)
     description: str = ""
+    search_aliases: list[str] = field(default_factory=list)
     is_input_list: bool = False
     is_output_node: bool = False
     is_deprecated: bool = False
     is_experimental: bool = False
+    is_dev_only: bool = False
     is_api_node: bool = False
+    price_badge: Any = None
     not_idempotent: bool = False
     enable_expand: bool = False
+    accept_all_inputs: bool = False
+    essentials_category: str | None = None
+    has_intermediate_output: bool = False
 
     def validate(self):
         input_ids = [i.id for i in self.inputs] if self.inputs is not None else []
@@ -474,13 +503,17 @@ class Schema:
         return NodeInfoV1(
             input=input,
             input_order={k: list(v.keys()) for k, v in input.items()},
+            is_input_list=self.is_input_list,
             output=[o.io_type for o in outs],
             output_is_list=[o.is_output_list for o in outs],
             output_name=[o.display_name if o.display_name else o.io_type for o in outs],
             output_tooltips=[o.tooltip if o.tooltip else None for o in outs],
             name=self.node_id, display_name=self.display_name, category=self.category,
-            description=self.description, output_node=self.is_output_node, deprecated=self.is_deprecated,
-            experimental=self.is_experimental, api_node=self.is_api_node,
+            description=self.description, output_node=self.is_output_node,
+            has_intermediate_output=self.has_intermediate_output, deprecated=self.is_deprecated,
+            experimental=self.is_experimental, dev_only=self.is_dev_only, api_node=self.is_api_node,
+            price_badge=self.price_badge, search_aliases=self.search_aliases or None,
+            essentials_category=self.essentials_category,
             python_module=getattr(cls, "RELATIVE_PYTHON_MODULE", "nodes"))
 
 
@@ -635,12 +668,8 @@ class ComfyNode:
         return asdict(cls.GET_SCHEMA().get_v1_info(cls))
 
     @classmethod
-    def INPUT_TYPES(cls, include_hidden=True, return_schema=False):  # noqa: N802
-        schema = cls.FINALIZE_SCHEMA()
-        inputs = schema.get_v1_info(cls).input
-        if not include_hidden:
-            inputs.pop("hidden", None)
-        return (inputs, schema) if return_schema else inputs
+    def INPUT_TYPES(cls):  # noqa: N802
+        return cls.FINALIZE_SCHEMA().get_v1_info(cls).input
 
     def _schema_attr(name, fn):  # noqa: N805
         def getter(cls):
