@@ -53,6 +53,30 @@ CORE_NODES = {
                               ("codec", ("COMBO", ["auto", "h264"]))],
                   "inputs": {"video": ("VIDEO", False)}, "outputs": [], "output_node": True},
     "PreviewImage": {"widgets": [], "inputs": {"images": ("IMAGE", False)}, "outputs": [], "output_node": True},
+    # ComfyUI's own AR path (0.21+; read from ComfyUI 0.27's comfy_extras/nodes_ar_video.py,
+    # nodes_custom_sampler.py and nodes.py LoadImage). "upload" is the frontend's upload button:
+    # saved in widgets_values, never sent to the server.
+    "LoadImage": {"widgets": [("image", ("COMBO", None)), ("upload", ("FRONTEND",))], "inputs": {},
+                  "outputs": ["IMAGE", "MASK"]},
+    "ARVideoI2V": {"widgets": [("width", ("INT", 16, 8192)), ("height", ("INT", 16, 8192)), ("length", ("INT", 1, 1024)),
+                               ("batch_size", ("INT", 1, 64))],
+                   "inputs": {"model": ("MODEL", False), "vae": ("VAE", False), "start_image": ("IMAGE", False)},
+                   "outputs": ["MODEL", "LATENT"], "since": (0, 21, 0)},
+    "CFGGuider": {"widgets": [("cfg", ("FLOAT", 0.0, 100.0))],
+                  "inputs": {"model": ("MODEL", False), "positive": ("CONDITIONING", False),
+                             "negative": ("CONDITIONING", False)}, "outputs": ["GUIDER"]},
+    "BasicScheduler": {"widgets": [("scheduler", ("COMBO", ["simple"])), ("steps", ("INT", 1, 10000)),
+                                   ("denoise", ("FLOAT", 0.0, 1.0))],
+                       "inputs": {"model": ("MODEL", False)}, "outputs": ["SIGMAS"]},
+    "SamplerARVideo": {"widgets": [("num_frame_per_block", ("INT", 1, 64))], "inputs": {}, "outputs": ["SAMPLER"],
+                       "since": (0, 21, 0)},
+    "RandomNoise": {"widgets": [("noise_seed", ("INT", 0, 0xFFFFFFFFFFFFFFFF)),
+                                ("noise_seed.control_after_generate", ("CONTROL",))],
+                    "inputs": {}, "outputs": ["NOISE"]},
+    "SamplerCustomAdvanced": {"widgets": [], "inputs": {"noise": ("NOISE", False), "guider": ("GUIDER", False),
+                                                        "sampler": ("SAMPLER", False), "sigmas": ("SIGMAS", False),
+                                                        "latent_image": ("LATENT", False)},
+                              "outputs": ["LATENT", "LATENT"], "output_node": False},
 }
 FRONTEND_ONLY = {"MarkdownNote": 1, "Note": 1}  # virtual nodes: widget count, never sent to the server
 MUTED_MODES = (2, 4)  # 2 = never (muted), 4 = bypass: not part of the prompt
@@ -113,7 +137,8 @@ def widget_values(node: dict, spec: dict) -> dict:
     names = [n for n, _ in spec["widgets"]]
     assert len(vals) == len(names), (f"node {node['id']} ({node['type']}): {len(vals)} widgets_values for "
                                      f"{len(names)} widgets {names}")
-    return {n: v for n, v in zip(names, vals) if not n.endswith(".control_after_generate")}
+    frontend = {n for n, w in spec["widgets"] if w[0] == "FRONTEND"}
+    return {n: v for n, v in zip(names, vals) if not n.endswith(".control_after_generate") and n not in frontend}
 
 
 def to_api(workflow: dict, specs: dict | None = None, include_muted: bool = False) -> dict:
@@ -149,11 +174,12 @@ def load_workflows() -> dict:
     return out
 
 
-EXPECTED = ["long_video_sink_window.json", "profile_and_reuse.json", "text_to_video_dummy_forcing.json"]
+EXPECTED = ["causal_forcing_i2v_dummy_forcing.json", "long_video_sink_window.json", "profile_and_reuse.json",
+            "text_to_video_dummy_forcing.json"]
 
 
 # ------------------------------------------------------------------------------------ tests
-def test_the_three_workflows_exist_and_nothing_else():
+def test_the_workflows_exist_and_nothing_else():
     assert sorted(load_workflows()) == EXPECTED
     others = [f for f in os.listdir(WORKFLOWS) if not f.endswith((".json", ".png", ".jpg", ".webp"))]
     assert not others, f"ComfyUI serves workflows/ as templates; keep other files out: {others}"
@@ -217,12 +243,14 @@ def test_widgets_values_match_schemas(name, specs):
             kind = wspec[0]
             if kind == "CONTROL":
                 assert v in SEED_CONTROLS, where
+            elif kind == "FRONTEND":
+                continue
             elif kind == "COMBO":
                 assert isinstance(v, str), where
                 if wspec[1] is not None:
                     assert v in wspec[1], where
                 else:
-                    assert v.endswith(".safetensors"), where
+                    assert v.endswith((".safetensors", ".png", ".jpg", ".webp")), where
             elif kind == "INT":
                 assert isinstance(v, int) and not isinstance(v, bool), where
                 assert wspec[1] <= v <= wspec[2], where
@@ -233,7 +261,8 @@ def test_widgets_values_match_schemas(name, specs):
                 assert isinstance(v, bool), where
             elif kind == "STRING":
                 assert isinstance(v, str), where
-        assert set(vals) == {w for w, _ in spec["widgets"] if not w.endswith(".control_after_generate")}
+        assert set(vals) == {w for w, s in spec["widgets"]
+                             if not w.endswith(".control_after_generate") and s[0] != "FRONTEND"}
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -249,8 +278,8 @@ def test_converts_to_a_complete_api_prompt(name, specs):
             for iname, (_, optional) in spec["inputs"].items():
                 if not optional:
                     assert iname in p["inputs"], f"{name}: node {nid} {p['class_type']} input {iname} unconnected"
-            for w, _ in spec["widgets"]:
-                if not w.endswith(".control_after_generate"):
+            for w, ws in spec["widgets"]:
+                if not w.endswith(".control_after_generate") and ws[0] != "FRONTEND":
                     assert w in p["inputs"]
             for v in p["inputs"].values():
                 if isinstance(v, list):
@@ -304,3 +333,29 @@ def test_workflows_use_the_settings_they_advertise(specs):
     assert sorted(full[a["head_profile"][0]]["class_type"] for a in applies) == ["LoadHeadProfile", "ProfileHeads"]
     samplers = [p for p in full.values() if p["class_type"] == "ARVideoSampler"]
     assert len(samplers) == 2
+
+
+def test_the_i2v_workflow_is_cores_template_with_dummy_forcing(specs):
+    """ComfyUI's Causal Forcing I2V template (frame-wise checkpoint, ARVideoI2V 832x480x81, CFG 1,
+    simple 4 steps, Sampler AR Video 1) with Apply Dummy Forcing on the model and Cache Stats."""
+    p = to_api(load_workflows()["causal_forcing_i2v_dummy_forcing.json"], specs)
+
+    def one(kind):
+        found = [(nid, q["inputs"]) for nid, q in p.items() if q["class_type"] == kind]
+        assert len(found) == 1, kind
+        return found[0]
+
+    unet_id, unet = one("UNETLoader")
+    assert unet["unet_name"] == "causal_forcing-framewise.safetensors"
+    df_id, df = one("ApplyDummyForcing")
+    assert df["model"][0] == unet_id
+    _, i2v = one("ARVideoI2V")
+    assert i2v["model"][0] == df_id and (i2v["width"], i2v["height"], i2v["length"]) == (832, 480, 81)
+    _, guider = one("CFGGuider")
+    assert guider["cfg"] == 1.0 and p[guider["model"][0]]["class_type"] == "ARVideoI2V"
+    _, sched = one("BasicScheduler")
+    assert (sched["scheduler"], sched["steps"], sched["denoise"]) == ("simple", 4, 1.0)
+    assert one("SamplerARVideo")[1]["num_frame_per_block"] == 1
+    sample_id, _ = one("SamplerCustomAdvanced")
+    _, stats = one("CacheStats")
+    assert stats["model"][0] == df_id and stats["latent"][0] == sample_id

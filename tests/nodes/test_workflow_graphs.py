@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from node_helpers import ModelSnapshot, TEXT_DIM, pack_nodes, tiny_wan
+from node_helpers import ModelSnapshot, TEXT_DIM, pack_nodes, tiny_causal_wan, tiny_wan
 
 from dummy_forcing_core.head_profile import HeadProfile
 from dummy_forcing_core.stats import GenerationStats
@@ -32,18 +32,46 @@ def _workflow_tools():
     return mod
 
 
-class CoreStandIns:
-    """Minimal stand-ins for the ComfyUI core nodes the workflows use (CPU, tiny)."""
+class _VAE:
+    """Stands in for a Wan VAE's encode: 8x8 pixel blocks -> 16 channels, one latent frame."""
 
-    def __init__(self, make_model):
+    def encode(self, pixels):
+        x = pixels.movedim(-1, 1)
+        return (torch.nn.functional.avg_pool2d(x, 8).repeat(1, 6, 1, 1)[:, :16] * 2 - 1)[:, :, None]
+
+
+class CoreStandIns:
+    """Minimal stand-ins for the ComfyUI core nodes the workflows use (CPU, tiny). ComfyUI's AR
+    nodes (ARVideoI2V, Sampler AR Video, CFGGuider, ...) are the stub's own, run like ours."""
+
+    STUB_NODES = ("SamplerARVideo", "EmptyARVideoLatent", "RandomNoise", "BasicScheduler", "CFGGuider",
+                  "SamplerCustomAdvanced")
+
+    def __init__(self, make_model, run_node):
         self.make_model = make_model
+        self.run_node = run_node
         self.models = {}
         self.saved_videos = []
 
+    def __getattr__(self, name):
+        if name in self.STUB_NODES:
+            from comfy_extras import nodes_ar_video, nodes_custom_sampler
+            cls = getattr(nodes_ar_video, name, None) or getattr(nodes_custom_sampler, name)
+            return lambda **kw: tuple(self.run_node(cls, **kw).args)
+        raise AttributeError(name)
+
     def UNETLoader(self, unet_name, weight_dtype):
         if unet_name not in self.models:  # ComfyUI caches the loaded model between runs
-            self.models[unet_name] = self.make_model(tiny_wan(seed=len(self.models)))
+            net = (tiny_causal_wan if "causal" in unet_name else tiny_wan)(seed=len(self.models))
+            self.models[unet_name] = self.make_model(net)
         return (self.models[unet_name],)
+
+    def ARVideoI2V(self, width, height, **kw):  # the real node at 32x32 pixels (latent 4x4), as above
+        from comfy_extras import nodes_ar_video
+        return tuple(self.run_node(nodes_ar_video.ARVideoI2V, width=32, height=32, **kw).args)
+
+    def LoadImage(self, image):
+        return (torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(len(image))), torch.zeros(1, 32, 32))
 
     def CLIPLoader(self, clip_name, type, device):
         assert type == "wan"
@@ -62,7 +90,7 @@ class CoreStandIns:
         return ({"samples": torch.zeros(batch_size, 16, (length - 1) // 4 + 1, 4, 4)},)
 
     def VAELoader(self, vae_name):
-        return ({"vae": vae_name},)
+        return (_VAE(),)
 
     def VAEDecode(self, samples, vae):
         x = samples["samples"]
@@ -91,7 +119,7 @@ def execute(prompt: dict, ours: dict, core: CoreStandIns, run_node):
         for nid in sorted(ready, key=int):
             p = pending.pop(nid)
             args = {k: (results[v[0]][v[1]] if isinstance(v, list) else v) for k, v in p["inputs"].items()}
-            snaps = [ModelSnapshot(v) for v in args.values() if hasattr(v, "model_options")]
+            snaps = [ModelSnapshot(v) for v in args.values() if hasattr(v, "model_options") and hasattr(v, "model")]
             if p["class_type"] in ours:
                 out = run_node(ours[p["class_type"]], **args)
                 results[nid] = tuple(out.args)
@@ -113,7 +141,7 @@ def of_type(prompt, results, class_type):
 def env(stub_model_patcher, comfy_dirs, run_node):
     tools = _workflow_tools()
     specs = tools.all_specs()
-    return tools, specs, pack_nodes(), CoreStandIns(stub_model_patcher)
+    return tools, specs, pack_nodes(), CoreStandIns(stub_model_patcher, run_node)
 
 
 def load(tools, name):
@@ -173,3 +201,18 @@ def test_profile_and_reuse_workflow_first_and_later_runs(env, run_node, comfy_di
     assert sorted(st.dummy_forcing["dummy_heads"] for _, st in runs) == [0.4, 0.5]
     assert len(core.saved_videos) == 3
     assert len(core.models) == 1  # one loaded model shared by every branch
+
+
+def test_causal_forcing_i2v_workflow_end_to_end(env, run_node):
+    """ComfyUI's AR template with Apply Dummy Forcing: the stub's SamplerCustomAdvanced + Sampler AR
+    Video run the pack's per-head cache; Cache Stats shows that run."""
+    tools, specs, ours, core = env
+    prompt = tools.to_api(load(tools, "causal_forcing_i2v_dummy_forcing.json"), specs)
+    results, uis, order = execute(prompt, ours, core, run_node)
+    assert order.index("SamplerCustomAdvanced") < order.index("CacheStats")
+    (out, _), = of_type(prompt, results, "SamplerCustomAdvanced")
+    assert out["samples"].shape == (1, 16, 21, 4, 4)
+    (text, _), = of_type(prompt, results, "CacheStats")
+    assert "loop: ComfyUI Sampler AR Video" in text and "per-head cache from chunk 2" in text
+    assert "dummy forcing: dummy heads 0.5" in text
+    assert core.saved_videos and core.saved_videos[0][0] == "video/causal_forcing_i2v_dummy_forcing"

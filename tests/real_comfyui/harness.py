@@ -13,6 +13,7 @@ checkout (v0.3.64 tested). COMFYUI_PYTHON names its interpreter (default: sys.ex
 Layout of the temp base dir (main.py --base-directory):
     custom_nodes/ComfyUI-Dummy-Forcing -> this repo (symlink)
     models/diffusion_models/tiny_wan_t2v.safetensors   (ComfyUI's own WanModel, random)
+    models/diffusion_models/tiny_wan_causal.safetensors (the same weights flagged causal_ar)
     input/ output/ temp/ user/ (user/comfyui.db)   comfyui.log
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 PACK_NAME = "ComfyUI-Dummy-Forcing"
 TINY_WAN_NAME = "tiny_wan_t2v.safetensors"
+TINY_CAUSAL_NAME = "tiny_wan_causal.safetensors"  # same weights, metadata causal_ar: CausalWanModel on >= 0.21
 HOST = "127.0.0.1"
 
 
@@ -110,14 +112,18 @@ class ComfyServer:
             with open(os.path.join(d, "__init__.py"), "w") as f:
                 f.write(source)
         self.write_tiny_wan()
+        self.write_tiny_wan(TINY_CAUSAL_NAME, causal=True)
 
-    def write_tiny_wan(self, name: str = TINY_WAN_NAME) -> str:
+    def write_tiny_wan(self, name: str = TINY_WAN_NAME, causal: bool = False) -> str:
         out = os.path.join(self.base_dir, "models", "diffusion_models", name)
-        r = subprocess.run([self.python, os.path.join(HERE, "make_tiny_wan.py"), self.comfy_dir, out],
+        r = subprocess.run([self.python, os.path.join(HERE, "make_tiny_wan.py"), self.comfy_dir, out]
+                           + (["--causal"] if causal else []),
                            cwd=self.comfy_dir, capture_output=True, text=True, timeout=180)
         if r.returncode != 0:
             raise RuntimeError(f"make_tiny_wan.py failed:\n{r.stdout}\n{r.stderr}")
-        self.tiny_wan_info = json.loads(r.stdout.strip().splitlines()[-1])
+        info = json.loads(r.stdout.strip().splitlines()[-1])
+        if not causal:
+            self.tiny_wan_info = info
         return out
 
     def start(self, timeout: float = 120.0) -> "ComfyServer":
