@@ -42,7 +42,7 @@ from .stats import GenerationStats
 from .video_session import VideoSession
 
 __all__ = ["SamplerSettings", "NOISE_LAYOUTS", "ProgressEvent", "GenerationResult", "RunPlan", "flow_sigmas",
-           "plan_run", "generate"]
+           "plan_run", "generate", "check_output"]
 
 NOISE_LAYOUTS = ("pack", "comfy")
 
@@ -137,6 +137,8 @@ def plan_run(geometry: ModelGeometry, shape, settings: SamplerSettings, cache=Ca
     check_latent(shape, geometry)
     if settings.noise not in NOISE_LAYOUTS:
         raise _err("noise", f"'noise' must be one of {', '.join(NOISE_LAYOUTS)}, got {settings.noise!r}")
+    if not isinstance(settings.seed, int) or settings.seed < 0:
+        raise _err("seed", f"'seed' must be a whole number >= 0, got {settings.seed!r}")
     if not math.isfinite(settings.context_timestep) or not 0 <= settings.context_timestep < 1000:
         raise _err("context_timestep", f"'context_timestep' must be in [0, 1000), got {settings.context_timestep}")
     sigmas = flow_sigmas(settings)
@@ -243,4 +245,13 @@ def generate(runner: ChunkRunner, context: torch.Tensor, shape: tuple[int, int, 
                 break
     finally:
         stats = session.close()  # finished or cancelled: the cache and its graphs are freed here
+    check_output(out)
     return GenerationResult(out, stats)
+
+
+def check_output(latent: torch.Tensor) -> None:
+    """A video with NaN / inf (one host sync per video): the inputs were checked finite, so the
+    model made them; say so rather than hand on a black video."""
+    if not bool(torch.isfinite(latent).all()):
+        raise SettingError("input", "model", "the model produced NaN or infinite values: its weights may be damaged "
+                           "(a broken or wrongly converted file), or the compute dtype overflows (fp16: try bf16)")

@@ -187,6 +187,13 @@ def conditioning_contexts(cond, name: str, text_dim: int | None, batch: int) -> 
 
 
 # ------------------------------------------------------------------------------------ widgets
+def check_float_widgets(owner: str = "sampler", **widgets) -> None:
+    """NaN / inf float widgets pass ComfyUI's min/max validation (every comparison with NaN is
+    false) and arrive through the API: refuse them by name."""
+    for name, value in widgets.items():
+        check_finite(float(value), owner, name)
+
+
 def parse_timesteps(text: str, name: str = "denoise_timesteps") -> tuple[float, ...] | None:
     """"1000,750,500,250" -> (1000.0, 750.0, 500.0, 250.0); empty -> None (use steps)."""
     text = (text or "").strip()
@@ -311,6 +318,8 @@ def prepare_run(model, latent, conditioning, conditioning_name: str, settings: S
     how many videos of this plan the node runs (the progress bar spans them all)."""
     geom = wan_geometry(model)
     samples = latent_samples(latent, geom)
+    if start_frames and not given_in_one_piece:
+        check_finite(samples[:, :, :start_frames], "input", "latent")
     contexts = conditioning_contexts(conditioning, conditioning_name, text_dim_of(model), samples.shape[0])
     plan = plan_run(geom, samples.shape, settings, spec, start_frames, compute_dtype(model), given_in_one_piece)
     progress = Progress(model, plan.passes * videos)

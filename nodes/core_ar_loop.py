@@ -31,7 +31,7 @@ import comfy.patcher_extension
 
 from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.geometry import ModelGeometry
-from dummy_forcing_core.sampler import SamplerSettings, plan_run
+from dummy_forcing_core.sampler import SamplerSettings, check_output, plan_run
 from dummy_forcing_core.video_session import VideoSession
 
 from .node_errors import node_errors
@@ -160,6 +160,8 @@ class CoreARHooks:
             to.pop(SESSION_KEY, None)
             stats = driver.session.close()
         driver.verify()
+        with node_errors(CORE_SAMPLER, OWNERS, RENAMES):
+            check_output(out)
         self.last_stats = stats
         return out
 

@@ -98,6 +98,8 @@ class ProfileHeads(io.ComfyNode):
                 frames_per_chunk, denoise_timesteps, steps, shift, sample_fraction, preview_dummy_heads,
                 save_name) -> io.NodeOutput:
         with node_errors(PROFILE_NAME, {"sampler": PROFILE_NAME, "profiling": PROFILE_NAME}):
+            glue.check_float_widgets("profiling", shift=shift, sample_fraction=sample_fraction,
+                                     preview_dummy_heads=preview_dummy_heads)
             geom = glue.wan_geometry(model)
             save_path = profile_files.check_save_name(save_name) if (save_name or "").strip() else None
             settings = SamplerSettings(chunk_frames=int(frames_per_chunk),

@@ -6,7 +6,7 @@ import logging
 from comfy_api.latest import io
 
 from dummy_forcing_core.cache_policy import CacheSpec
-from dummy_forcing_core.errors import SettingError
+from dummy_forcing_core.errors import SettingError, check_finite
 from dummy_forcing_core.sampler import SamplerSettings, generate
 
 from . import comfy_glue as glue
@@ -95,6 +95,7 @@ class ARVideoSampler(io.ComfyNode):
                 sink_frames, window_frames, context_timestep, start_frames, noise_layout="pack", sigmas=None,
                 noise=None) -> io.NodeOutput:
         with node_errors(NAME, OWNERS):
+            glue.check_float_widgets(shift=shift)
             spec = _cache_spec(model, glue.retention_of(cache, sink_frames, window_frames))
             settings = SamplerSettings(
                 chunk_frames=int(frames_per_chunk), timesteps=glue.parse_timesteps(denoise_timesteps),
@@ -105,6 +106,8 @@ class ARVideoSampler(io.ComfyNode):
             if initial is not None and start_frames:
                 raise SettingError("sampler", "start_frames", "the model carries an ARVideoI2V start image and "
                                    f"'start_frames' is {start_frames}: use one of them (set 'start_frames' to 0)")
+            if initial is not None:
+                check_finite(initial, "input", "model")  # ARVideoI2V's start image latent
             n_start = int(initial.shape[2]) if initial is not None else int(start_frames)
             run = glue.prepare_run(model, latent, positive, "positive", settings, spec, n_start,
                                    given_in_one_piece=initial is not None)

@@ -144,3 +144,50 @@ def test_heatmap():
     assert big.shape[1] <= 1024 and big.shape[0] > 40 * 4
     with pytest.raises(ValueError):
         head_map_image(scores, assign[:1])
+
+
+@pytest.mark.parametrize("damage", ["mass_above_one", "rows_not_summing_to_one", "negative", "int_scores",
+                                    "fingerprint_list", "fingerprint_strings", "settings_list", "num_samples_text",
+                                    "num_samples_zero", "fingerprint_not_json"])
+def test_damaged_profiles_are_refused_by_name(tmp_path, damage):
+    import json as _json
+
+    from safetensors.torch import save_file
+    good = make_profile()
+    scores = good.scores.clone()
+    meta = {"format": FORMAT, "version": "1", "fingerprint": _json.dumps(good.fingerprint), "settings": "{}",
+            "num_samples": "1"}
+    if damage == "mass_above_one":
+        scores[0, 0] = torch.tensor([1.5, 0.0, -0.5])
+    elif damage == "rows_not_summing_to_one":
+        scores[1, 2] = torch.tensor([0.5, 0.4, 0.3])
+    elif damage == "negative":
+        scores[0, 1] = torch.tensor([-0.2, 0.6, 0.6])
+    elif damage == "int_scores":
+        scores = torch.zeros_like(scores, dtype=torch.int32)
+    elif damage == "fingerprint_list":
+        meta["fingerprint"] = _json.dumps(list(good.fingerprint.values()))
+    elif damage == "fingerprint_strings":
+        meta["fingerprint"] = _json.dumps({k: str(v) for k, v in good.fingerprint.items()})
+    elif damage == "settings_list":
+        meta["settings"] = "[1, 2]"
+    elif damage == "num_samples_text":
+        meta["num_samples"] = "many"
+    elif damage == "num_samples_zero":
+        meta["num_samples"] = "0"
+    elif damage == "fingerprint_not_json":
+        meta["fingerprint"] = "{num_layers: 30"
+    path = tmp_path / f"{damage}.safetensors"
+    save_file({"scores": scores.contiguous()}, str(path), metadata=meta)
+    with pytest.raises(ValueError, match=r"^damaged head profile .*" + damage) as e:
+        HeadProfile.load(path)
+    assert "TypeError" not in str(e.value)
+
+
+def test_a_saved_profile_is_a_normal_file(tmp_path):
+    import os as _os
+    path = make_profile().save(tmp_path / "p.safetensors")
+    umask = _os.umask(0)
+    _os.umask(umask)
+    assert _os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]  # no temp file left

@@ -249,3 +249,82 @@ def test_errors_name_the_node_once():
                 raise ValueError("bad")
     assert str(ei.value) == "X: bad"
     assert not re.search(r"X: X:", str(ei.value))
+
+
+# ------------------------------------------------------------------------------------ hardening
+def test_non_finite_inputs_are_named(run_node, N, model):
+    bad = cond()
+    bad[0][0][0, 0, 0] = float("nan")
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: 'positive' holds NaN or infinite values", [model],
+          model=model, positive=bad, latent=video_latent(), **SAMPLER)
+    fails(run_node, N["ProfileHeads"], r"^Profile Heads: 'conditioning' holds NaN", [model], model=model,
+          conditioning=bad, latent=video_latent(), frames_per_chunk=1)
+    start = video_latent(fill="randn")
+    start["samples"][0, 0, 1, 0, 0] = float("inf")
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: 'latent' holds NaN or infinite values", [model],
+          model=model, positive=cond(), latent=start, start_frames=2, **SAMPLER)
+    # NaN floats pass ComfyUI's min/max validation (comparisons with NaN are false): refused by name
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: 'shift' = nan is not a finite number", [model],
+          model=model, positive=cond(), latent=video_latent(), shift=float("nan"), **SAMPLER)
+    fails(run_node, N["ApplyDummyForcing"], r"^Apply Dummy Forcing: 'dummy_heads' = nan is not a finite number",
+          [model], model=model, dummy_heads=float("nan"))
+    fails(run_node, N["ApplyDummyForcing"], r"^Apply Dummy Forcing: 'profile_sample_fraction' = nan", [model],
+          model=model, profile_sample_fraction=float("nan"))
+    fails(run_node, N["ProfileHeads"], r"^Profile Heads: 'sample_fraction' = nan", [model], model=model,
+          conditioning=cond(), latent=video_latent(), frames_per_chunk=1, sample_fraction=float("nan"))
+    assert getattr(mm, "load_calls", []) == []  # all refused before the model was loaded
+    run_node(N["ARVideoSampler"], model=model, positive=cond(), latent=start, start_frames=1, **SAMPLER)  # not given
+
+
+def test_a_model_that_makes_nan_is_named(run_node, N, stub_model_patcher):
+    net = tiny_wan()
+    with torch.no_grad():
+        net.blocks[1].ffn[0].weight[0, 0] = float("nan")
+    m = stub_model_patcher(net, shift=5.0)
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: the model produced NaN or infinite values: its weights",
+          [m], model=m, positive=cond(), latent=video_latent(), **SAMPLER)
+
+
+def test_empty_latents_and_bad_lists_get_a_node_error(run_node, N, model):
+    for shape in ((0, 16, 6, 4, 4), (1, 16, 6, 0, 4), (1, 16, 6, 4, 0), (1, 16, 0, 4, 4)):
+        fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: the 'latent' input has shape .* must all be at "
+              "least 1", [model], model=model, positive=cond(), latent={"samples": torch.zeros(shape)}, **SAMPLER)
+    for bad in ("1000,,500", "1000, ,500", ",1000", "1000;;500"):
+        fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: 'denoise_timesteps' must be a comma-separated list .* "
+              "it has an empty item", [model], model=model, positive=cond(), latent=video_latent(),
+              denoise_timesteps=bad, **SAMPLER)
+
+
+def test_no_internal_reprs_in_errors(run_node, N, model):
+    msg = fails(run_node, N["ARVideoSampler"], "base cache", [model],
+                model=run_node(N["ApplyDummyForcing"], model=model, sink_frames=1)[0], positive=cond(),
+                latent=video_latent(), frames_per_chunk=1, cache="sink + window", sink_frames=0, window_frames=1)
+    assert "Retention(" not in msg and "last 1 frame" in msg
+
+
+def test_profile_heads_save_checks_run_before_the_work(run_node, N, model, comfy_dirs, monkeypatch):
+    import dummy_forcing_core.chunk_runner as cr
+    passes = []
+    real = cr.ChunkRunner.forward
+    monkeypatch.setattr(cr.ChunkRunner, "forward", lambda self, *a, **k: (passes.append(1), real(self, *a, **k))[1])
+    args = dict(model=model, conditioning=cond(), latent=video_latent(frames=3), frames_per_chunk=1)
+    fails(run_node, N["ProfileHeads"], r"^Profile Heads: 'save_name' is \d+ bytes long; file names may have at most",
+          [model], save_name="x" * 300, **args)
+    os.makedirs(comfy_dirs.output, exist_ok=True)
+    with open(os.path.join(comfy_dirs.output, "dummy_forcing"), "w") as f:  # a file where the folder must go
+        f.write("in the way")
+    fails(run_node, N["ProfileHeads"], r"^Profile Heads: cannot create the profile folder .*something in its path is "
+          "a file", [model], save_name="fine", **args)
+    assert passes == []  # refused before any pass
+    os.remove(os.path.join(comfy_dirs.output, "dummy_forcing"))
+    folder = os.path.join(comfy_dirs.output, "dummy_forcing", "profiles")
+    os.makedirs(folder)
+    os.symlink(os.path.join(folder, "gone.safetensors"), os.path.join(folder, "p.safetensors"))  # dangling
+    out = run_node(N["ProfileHeads"], save_name="p", **args)  # used to loop forever
+    assert out.ui["text"][0].startswith(f"saved to {os.path.join(folder, 'p_2.safetensors')}")
+    assert os.path.islink(os.path.join(folder, "p.safetensors")) and not os.path.exists(os.path.join(folder,
+                                                                                                     "gone.safetensors"))
+    mode = os.stat(os.path.join(folder, "p_2.safetensors")).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # a normal file, not mkstemp's 0600
