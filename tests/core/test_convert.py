@@ -13,6 +13,7 @@ Source layouts mirror the public repos:
   CausalWanAttentionBlock (utils/lora_utils.py configure_lora_for_model).
 - ComfyUI full checkpoints: "model.diffusion_model.<wan name>" next to VAE / text encoder keys.
 """
+import errno
 import json
 import os
 import subprocess
@@ -407,15 +408,17 @@ def test_refuses_to_overwrite_input_and_cleans_up_on_failure(tmp_path, monkeypat
         convert_checkpoint(src, tmp_path / "." / "same.safetensors")
     assert src.read_bytes() == data
 
-    # a failure while writing leaves neither the output nor the temporary file
-    import safetensors.torch as st
+    # a failure while writing leaves neither the output nor the temporary file (the converter streams
+    # tensors through os.write: the first write lands partly, the next one fails)
+    real_write, calls = os.write, []
 
-    def broken_save(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
-        raise OSError("disk full")
+    def broken_write(fd, data):
+        calls.append(fd)
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:7]))
+        raise OSError(errno.ENOSPC, "disk full")
 
-    monkeypatch.setattr(st, "save_file", broken_save)
+    monkeypatch.setattr(os, "write", broken_write)
     before = _dir_listing(tmp_path)
     with pytest.raises(OSError, match="disk full"):
         convert_checkpoint(src, tmp_path / "out.safetensors", num_heads=HEADS)
