@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from helpers import make_tiny_wan
-import dummy_forcing_core.convert as conv
-from dummy_forcing_core.convert import convert_checkpoint, main
+from dummy_forcing_core.convert import base_model, conversion, convert_checkpoint, main
+from dummy_forcing_core.convert import lora as lora_reading
 
 HEADS = 4
 
@@ -46,12 +46,14 @@ def _one_error_line(err):
 
 
 def _no_reading(monkeypatch):
-    monkeypatch.setattr(conv, "_read_input", lambda *a, **k: pytest.fail("read the input before checking arguments"))
+    for reader in (base_model, lora_reading):  # the modules that read input files
+        monkeypatch.setattr(reader, "_read_input",
+                            lambda *a, **k: pytest.fail("read the input before checking arguments"))
 
 
 def _no_long_work(monkeypatch):
-    monkeypatch.setattr(conv._Model, "verify", lambda *a, **k: pytest.fail("started the long CRC pass"))
-    monkeypatch.setattr(conv, "_write_safetensors", lambda *a, **k: pytest.fail("started writing"))
+    monkeypatch.setattr(base_model._Model, "verify", lambda *a, **k: pytest.fail("started the long CRC pass"))
+    monkeypatch.setattr(conversion, "_write_safetensors", lambda *a, **k: pytest.fail("started writing"))
 
 
 @pytest.mark.parametrize("extra,expected", [
@@ -149,7 +151,7 @@ def test_unreadable_input_and_interrupt_are_one_line(files, capsys, monkeypatch)
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(conv, "_write_safetensors", interrupted)
+    monkeypatch.setattr(conversion, "_write_safetensors", interrupted)
     code, _, err = _run(capsys, files.st, "--num-heads", HEADS, "-o", files.dir / "out.safetensors")
     assert code == 130 and "interrupted" in _one_error_line(err)
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from helpers import make_tiny_wan
-import dummy_forcing_core.convert as conv
+from dummy_forcing_core.convert import reading
 from dummy_forcing_core.convert import (ConversionError, UsageError, convert_checkpoint, load_lora_state_dict,
                                         load_wan_state_dict, merge_lora)
 
@@ -130,7 +130,7 @@ def test_crc_check_streams(tmp_path):
     torch.save({"w": torch.zeros(8 << 20)}, big)  # one 32 MiB member
     tracemalloc.start()
     try:
-        conv._check_zip_crc(str(big))
+        reading._check_zip_crc(str(big))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
