@@ -13,7 +13,12 @@ by ComfyUI's ``sample_ar_video``) asks the policy:
 ``head_frames_bound()`` at most how many (head, frame) slots the video's cache allocates
 ``last_chunk``          generation may end after this chunk's cache pass (None: run them all)
 ``probe_for(chunk)``    an attention probe for that chunk's cache pass, or None
-``after_commit(...)``   what to do once a chunk's cache pass committed (e.g. regroup)
+``after_commit(...)``   what to do once a chunk's cache pass committed (e.g. regroup); ``source``
+                        is a full view (cache, frames) when the probe ran over one
+``on_prompt_switch(c)`` a prompt schedule switched prompt before chunk ``c`` (e.g. re-profile);
+                        ``needs_recache_on_switch()``: whether that needs the re-cache
+``kept_frames_bound(h)``the frames some head may hold after ``h`` committed frames (re-cache
+                        passes to plan)
 ``describe()``          the per-head settings for the run's statistics (None: uniform cache)
 ======================  ======================================================================
 """
@@ -39,7 +44,13 @@ class CachePolicy(Protocol):
 
     def probe_for(self, chunk: int): ...
 
-    def after_commit(self, chunk: int, cache, stats) -> None: ...
+    def after_commit(self, chunk: int, cache, stats, source=None) -> None: ...
+
+    def needs_recache_on_switch(self) -> bool: ...
+
+    def kept_frames_bound(self, history: int) -> set[int]: ...
+
+    def on_prompt_switch(self, chunk: int) -> None: ...
 
     def describe(self) -> dict | None: ...
 
@@ -62,7 +73,16 @@ class UniformPolicy:
     def probe_for(self, chunk: int):
         return None
 
-    def after_commit(self, chunk: int, cache, stats) -> None:
+    def after_commit(self, chunk: int, cache, stats, source=None) -> None:
+        pass
+
+    def needs_recache_on_switch(self) -> bool:
+        return False
+
+    def kept_frames_bound(self, history: int) -> set[int]:
+        return set(self.base.kept_frame_ids(history))
+
+    def on_prompt_switch(self, chunk: int) -> None:
         pass
 
     def describe(self) -> dict | None:

@@ -100,13 +100,15 @@ class ChunkRunner:
         return text_cache(self.model, context.to(self.device), self.dtype)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, start_frame: int, text: TextCache,
-                cache: KVCache, commit: bool = False, probe=None) -> torch.Tensor:
+                cache: KVCache, commit: bool = False, probe=None, position: int | None = None) -> torch.Tensor:
         """Flow prediction for a chunk.
 
         x: [B, C_in, F, H, W] in model space; timesteps: [B] or [B, F] (0..1000);
-        start_frame: absolute index of the chunk's first frame (= cache.history).
+        start_frame: where the chunk goes in the cache (= cache.history).
         commit: after the pass, the chunk's K/V become cached context (the cache pass).
         probe(layer, q, keys, group): optional observer of the attention (profiling).
+        position: the absolute frame index of the chunk's first frame, for RoPE (default
+        start_frame; differs in a re-cache pass, whose cache holds only some frames).
         Returns [B, C_out, F, H, W] in :attr:`out_dtype`.
         """
         g = self.geometry
@@ -119,7 +121,7 @@ class ChunkRunner:
         x = x.to(self.device)
         timesteps = timesteps.to(self.device)
         _, ph, pw = g.patch_size
-        rope = self.rope(Fr, Hh // ph, Ww // pw, start_frame)
+        rope = self.rope(Fr, Hh // ph, Ww // pw, start_frame if position is None else position)
         if self.fast_path is not None:
             out, grid = self.fast_path.run(x, timesteps, rope, cache, text, probe)
         else:

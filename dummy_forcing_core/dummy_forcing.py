@@ -60,7 +60,9 @@ class DummyForcingConfig:
     context_packing: dummy heads see the dummy window and share the sink heads' call.
     profile_sample_fraction / profile_seed: query rows sampled when profiling online.
     long_context_frames: > 0 gives neighbor heads this many frames instead of L chunks.
-    head_profile: a HeadProfile used instead of profiling online."""
+    head_profile: a HeadProfile used instead of profiling online.
+    reprofile_on_prompt_switch: after a prompt switch (with re-cache), profile the first chunk
+    again over the re-cached frames and re-program the heads; off: keep the first head types."""
 
     dummy_heads: float = 0.5
     dummy_head_count: int = 0
@@ -74,6 +76,7 @@ class DummyForcingConfig:
     profile_seed: int = 0
     long_context_frames: int = 0
     head_profile: HeadProfile | None = None
+    reprofile_on_prompt_switch: bool = False
 
     # -- the rules ------------------------------------------------------------------------------
     def neighbor_frames(self, chunk_frames: int) -> int:
@@ -199,6 +202,7 @@ class DummyForcingPolicy:
         self.profiler: AttentionProfiler | None = None
         self.assignment: torch.Tensor | None = None
         self.scores: torch.Tensor | None = None
+        self._reprofile_chunk: int | None = None  # the first chunk after a prompt switch, when re-profiling
 
     def base_capacity(self) -> int | None:
         # the base layout only lives until the regroup after chunk ar_start's cache pass
@@ -213,31 +217,62 @@ class DummyForcingPolicy:
         return heads * self.base_capacity() + kept  # both layouts exist while regrouping
 
     def probe_for(self, chunk: int):
-        if chunk != self.cfg.ar_start or self.cfg.head_profile is not None:
+        first = chunk == self.cfg.ar_start and self.cfg.head_profile is None
+        if not first and chunk != self._reprofile_chunk:
             return None
         g = self.geometry
         self.profiler = AttentionProfiler(g.num_layers, g.num_heads, self.cfg.sink_frames,
                                           self.cfg.profile_sample_fraction, self.cfg.profile_seed)
         return self.profiler
 
-    def after_commit(self, chunk: int, cache, stats) -> None:
-        if chunk != self.cfg.ar_start:
-            return
+    def needs_recache_on_switch(self) -> bool:
+        return self.cfg.reprofile_on_prompt_switch
+
+    def kept_frames_bound(self, history: int) -> set[int]:
+        a = self.cfg.ar_start
+        if history < self.plan.chunks[a][0] + self.plan.chunks[a][1]:  # not regrouped yet
+            return set(self.base.kept_frame_ids(history))
+        return {f for r in self.retentions.values() for f in r.kept_frame_ids(history)}
+
+    def on_prompt_switch(self, chunk: int) -> None:
+        # before ar_start the heads are not programmed yet: the switch needs nothing
+        if self.cfg.reprofile_on_prompt_switch and self.assignment is not None:
+            self._reprofile_chunk = chunk
+
+    def after_commit(self, chunk: int, cache, stats, source=None) -> None:
+        if chunk == self.cfg.ar_start:
+            self._program(cache, stats, self.cfg.head_profile.scores if self.cfg.head_profile is not None else None)
+            stats.switch_chunk = chunk + 1
+        elif chunk == self._reprofile_chunk:
+            before = self.assignment
+            self._program(cache, stats, None, source)
+            self._reprofile_chunk = None
+            dummy = int(HeadType.DUMMY)
+            was, now = before == dummy, self.assignment == dummy
+            stats.prompt_switches[-1].update(reprofiled=True, profile_seconds=self.profiler.elapsed_s,
+                                             dummy_overlap=float((was & now).sum()) / max(int(was.sum()), 1))
+
+    def _program(self, cache, stats, scores=None, source=None) -> None:
+        """Program the heads from ``scores`` (None: the profiler's) and regroup the cache (from
+        ``source`` = (full view, its frames) after a prompt switch)."""
         if cache.device.type == "cuda":  # once per video: the profiled pass finishes outside the regroup timer
             torch.cuda.synchronize(cache.device)
         t0 = time.perf_counter()
-        if self.cfg.head_profile is not None:
-            self.scores = self.cfg.head_profile.scores
-        else:
-            self.scores = self.profiler.scores()
-            stats.profile_seconds = self.profiler.elapsed_s
+        if scores is None:
+            scores = self.profiler.scores()
+            if source is None:
+                stats.profile_seconds = self.profiler.elapsed_s
+        self.scores = scores
         self.assignment = self.cfg.assign(self.scores, self.num_dummy)
         types = self.assignment.tolist()
-        cache.regroup([layer_group_specs(t, self.retentions, self.cfg.context_packing) for t in types])
+        specs = [layer_group_specs(t, self.retentions, self.cfg.context_packing) for t in types]
+        if source is None:
+            cache.regroup(specs)
+        else:
+            cache.regroup(specs, source=source[0], source_frames=source[1])
         if cache.device.type == "cuda":
             torch.cuda.synchronize(cache.device)
-        stats.regroup_seconds = time.perf_counter() - t0
-        stats.switch_chunk = chunk + 1
+        stats.regroup_seconds += time.perf_counter() - t0
         stats.head_types = types
         stats.head_scores = self.scores.tolist()
 

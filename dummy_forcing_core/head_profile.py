@@ -300,7 +300,16 @@ class _ProfilingPolicy:
     def probe_for(self, chunk: int):
         return self.profiler if chunk in self.probed else None
 
-    def after_commit(self, chunk, cache, stats) -> None:
+    def after_commit(self, chunk, cache, stats, source=None) -> None:
+        pass
+
+    def needs_recache_on_switch(self) -> bool:
+        return False
+
+    def kept_frames_bound(self, history: int) -> set[int]:
+        return set(self.base.kept_frame_ids(history))
+
+    def on_prompt_switch(self, chunk: int) -> None:
         pass
 
     def describe(self) -> dict | None:

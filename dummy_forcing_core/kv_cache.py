@@ -153,6 +153,15 @@ class HeadGroup:
     def num_heads(self) -> int:
         return len(self.head_list)
 
+    @property
+    def spec(self) -> GroupSpec:
+        """The spec this group was built from (heads, runs, name)."""
+        return GroupSpec(list(self.head_list), [(s.stop - s.start, s.retention) for s in self.segments], self.name)
+
+    def kept_frames(self) -> set[int]:
+        """Absolute frames any row of the group holds now."""
+        return {f for s in self.segments for f in s.retention.kept_frame_ids(self.history)}
+
     def frame_ids(self, row: int) -> list[int]:
         for seg in self.segments:
             if seg.start <= row < seg.stop:
@@ -342,19 +351,39 @@ class KVCache:
         for layer in self.layers:
             layer.commit()
 
-    def regroup(self, specs: list[list[GroupSpec]]):
+    def layout_specs(self) -> list[list[GroupSpec]]:
+        """Per layer, the specs of its groups now (what ``regroup`` would rebuild)."""
+        return [[g.spec for g in layer.groups] for layer in self.layers]
+
+    def kept_frames(self) -> list[int]:
+        """Every absolute frame some head holds now, in order."""
+        return sorted(set().union(*(g.kept_frames() for layer in self.layers for g in layer.groups)))
+
+    def regroup(self, specs: list[list[GroupSpec]], source: "KVCache | None" = None,
+                source_frames: list[int] | None = None):
         """Replace every layer's groups by new ones built from ``specs[layer]``, copying each
         head's kept frames from where it is now. All frames a new segment keeps must be held
-        by the head's current group (e.g. a full or sink + window cache before Dummy Forcing)."""
+        by the head's current group (e.g. a full or sink + window cache before Dummy Forcing).
+
+        ``source``: copy from another cache instead, one group per layer in head order whose
+        context holds the absolute frames ``source_frames`` in order (a re-cache pass over a
+        prompt switch's retained frames); this cache keeps its history."""
         if len(specs) != len(self.layers):
             raise ValueError(f"need group specs for {len(self.layers)} layers, got {len(specs)}")
-        new_layers = [self._build_layer(layer, layer_specs) for layer, layer_specs in zip(self.layers, specs)]
+        new_layers = []
+        for i, (layer, layer_specs) in enumerate(zip(self.layers, specs)):
+            if source is None:
+                where = {h: (g, row) for g in layer.groups for row, h in enumerate(g.head_list)}
+            else:
+                mapped = _FrameMapped(source.layers[i].groups[0], source_frames)
+                where = {h: (mapped, h) for h in range(layer.num_heads)}
+            new_layers.append(self._build_layer(layer, layer_specs, where))
         self.layers = new_layers  # only now: a failure above leaves the cache as it was
 
-    def _build_layer(self, layer: LayerCache, specs: list[GroupSpec]) -> LayerCache:
+    def _build_layer(self, layer: LayerCache, specs: list[GroupSpec], where: dict) -> LayerCache:
+        """``where[head] = (source group, row)``: where each head's kept frames are read from."""
         history = self.history
         tpf = self.tokens_per_frame
-        where = {h: (g, row) for g in layer.groups for row, h in enumerate(g.head_list)}
         groups = []
         for spec in specs:
             cap = spec.capacity_for(self.total_frames, self.max_chunk_frames)
@@ -402,6 +431,19 @@ class KVCache:
         frames = self.history if frames is None else frames
         return kv_bytes(len(self.layers) * self.num_heads * frames, self.batch, self.head_dim,
                         self.tokens_per_frame, self.dtype)
+
+
+class _FrameMapped:
+    """A group read as if its frames had the absolute ids ``frames`` (its context is compact)."""
+
+    def __init__(self, group: HeadGroup, frames: list[int]):
+        if group.frames != len(frames):
+            raise ValueError(f"source holds {group.frames} frames, {len(frames)} named")
+        self.group, self.frames = group, list(frames)
+        self.k, self.v = group.k, group.v
+
+    def frame_ids(self, row: int) -> list[int]:
+        return [self.frames[i] for i in self.group.frame_ids(row)]
 
 
 def _rows(rows: list[int], device):

@@ -38,8 +38,9 @@ from .chunk_runner import ChunkRunner
 from .errors import SettingError
 from .geometry import ModelGeometry, check_latent
 from .kv_cache import kv_bytes
+from .prompt_schedule import PromptSchedule, PromptSwitch
 from .stats import GenerationStats
-from .video_session import VideoSession
+from .video_session import VideoSession, _runs_in
 
 __all__ = ["SamplerSettings", "NOISE_LAYOUTS", "ProgressEvent", "GenerationResult", "RunPlan", "flow_sigmas",
            "plan_run", "generate", "check_output"]
@@ -55,7 +56,8 @@ class SamplerSettings:
     sigmas: explicit denoising sigmas in (0, 1] (a SIGMAS input, shift already applied);
     when set, timesteps / steps / shift are not used.
     context_timestep: timestep of the cache-writing pass (0 = clean, Self Forcing's default).
-    seed, noise: see the module docstring."""
+    seed, noise: see the module docstring.
+    recache: at a prompt switch, re-encode the frames the cache holds under the new prompt."""
 
     chunk_frames: int = 3
     timesteps: tuple[float, ...] | None = (1000.0, 750.0, 500.0, 250.0)
@@ -65,6 +67,7 @@ class SamplerSettings:
     context_timestep: float = 0.0
     seed: int = 0
     noise: str = "pack"
+    recache: bool = True
 
 
 @dataclass
@@ -75,8 +78,9 @@ class ProgressEvent:
     num_steps: int
     done: int           # denoising passes done so far in the video
     total: int          # denoising passes of the whole video
-    x0: torch.Tensor    # current estimate of the chunk [B, C, F_chunk, H, W] (model space)
+    x0: torch.Tensor | None  # current estimate of the chunk [B, C, F_chunk, H, W] (model space); None: re-cache
     frame_start: int    # absolute frame index of the chunk's first frame
+    kind: str = "denoise"  # "denoise", or "recache" (a prompt switch's re-cache pass)
 
 
 @dataclass
@@ -120,20 +124,24 @@ def flow_sigmas(settings: SamplerSettings) -> list[float]:
 @dataclass
 class RunPlan:
     """What a video will do, known before any pass: its pieces, sigmas, the started cache
-    policy (fresh per video), the denoising passes (progress units) and a bound of the KV
-    bytes it allocates (memory to ask for)."""
+    policy (fresh per video), its prompt switches, the passes that move the progress bar
+    (denoising passes, and re-cache passes planned at each switch: an upper bound that the
+    loop tops up to) and a bound of the KV bytes it allocates (memory to ask for)."""
 
     chunks: ChunkPlan
     sigmas: list[float]
     policy: CachePolicy
     passes: int
     kv_bytes: int
+    switches: list[PromptSwitch]
+    recache_passes: dict[int, int]  # switch chunk -> planned re-cache passes
 
 
 def plan_run(geometry: ModelGeometry, shape, settings: SamplerSettings, cache=CacheSpec(), start_frames: int = 0,
-             dtype=torch.bfloat16, given_in_one_piece: bool = False) -> RunPlan:
+             dtype=torch.bfloat16, given_in_one_piece: bool = False, prompts: PromptSchedule | None = None) -> RunPlan:
     """Check the settings against the model and the video and plan it (SettingError first).
-    ``cache``: a spec with ``start(geometry, plan)`` (CacheSpec, ProfilingSpec)."""
+    ``cache``: a spec with ``start(geometry, plan)`` (CacheSpec, ProfilingSpec); ``prompts``:
+    a prompt schedule (its switches are checked against the video)."""
     check_latent(shape, geometry)
     if settings.noise not in NOISE_LAYOUTS:
         raise _err("noise", f"'noise' must be one of {', '.join(NOISE_LAYOUTS)}, got {settings.noise!r}")
@@ -148,7 +156,21 @@ def plan_run(geometry: ModelGeometry, shape, settings: SamplerSettings, cache=Ca
     Hh, Ww = chunks.latent_hw
     bound = kv_bytes(policy.head_frames_bound(), chunks.batch, geometry.head_dim, geometry.tokens_per_frame(Hh, Ww),
                      dtype)
-    return RunPlan(chunks, sigmas, policy, n * len(sigmas), bound)
+    switches = [] if prompts is None else prompts.switches(chunks)
+    if switches and not settings.recache and policy.needs_recache_on_switch():
+        raise SettingError("dummy_forcing", "reprofile_on_prompt_switch",
+                           "'reprofile_on_prompt_switch' profiles the first chunk after a prompt switch over the "
+                           "re-cached frames: turn the sampler's 'recache_on_switch' on, or this off")
+    recache = {s.chunk: _recache_passes(chunks, policy, s.chunk) if settings.recache else 0 for s in switches}
+    return RunPlan(chunks, sigmas, policy, n * len(sigmas) + sum(recache.values()), bound, switches, recache)
+
+
+def _recache_passes(plan: ChunkPlan, policy: CachePolicy, chunk: int) -> int:
+    """Passes a re-cache before ``chunk`` makes at most: runs of kept frames per written piece."""
+    history = plan.history_before(chunk)
+    kept = policy.kept_frames_bound(history)
+    pieces = list(plan.given) + [c for c in plan.chunks if c[0] + c[1] <= history]
+    return sum(len(_runs_in(kept, f0, f0 + n)) for f0, n in pieces)
 
 
 class _PackNoise:
@@ -188,20 +210,22 @@ class _ComfyNoise:
 
 
 @torch.no_grad()
-def generate(runner: ChunkRunner, context: torch.Tensor, shape: tuple[int, int, int, int, int],
+def generate(runner: ChunkRunner, context: torch.Tensor | PromptSchedule, shape: tuple[int, int, int, int, int],
              settings: SamplerSettings = SamplerSettings(), cache=CacheSpec(),
              start_latent: torch.Tensor | None = None, start_frames: int = 0, callback=None,
              time_chunks: bool = True, initial_noise: torch.Tensor | None = None,
              given_in_one_piece: bool = False) -> GenerationResult:
     """Generate a video latent of ``shape`` = (B, C, F, H, W) for the text ``context``
-    [B or 1, L_text, text_dim] with the cache policy ``cache`` (a CacheSpec, or any spec with
+    [B or 1, L_text, text_dim] (or a PromptSchedule: the prompt switches at the chunks holding
+    its start frames, re-caching when ``settings.recache``) with the cache policy ``cache`` (a CacheSpec, or any spec with
     ``start(geometry, plan)``). ``start_latent`` [B, C, >= start_frames, H, W]: its first
     ``start_frames`` frames are given (in chunks, or in one piece with ``given_in_one_piece``,
     as ComfyUI's ARVideoI2V). ``callback(ProgressEvent)`` runs after every denoising step;
-    raising from it cancels the run (nothing is kept). ``initial_noise``: the whole latent's
+    and re-cache pass; raising from it cancels the run (nothing is kept). ``initial_noise``: the whole latent's
     start noise (a NOISE input) for the ``"comfy"`` noise layout. Returns the latent and the
     run's statistics; later frames stay zero when the policy ends the video early."""
-    run = plan_run(runner.geometry, shape, settings, cache, start_frames, runner.dtype, given_in_one_piece)
+    prompts = PromptSchedule.of(context)
+    run = plan_run(runner.geometry, shape, settings, cache, start_frames, runner.dtype, given_in_one_piece, prompts)
     plan = run.chunks
     B, C, Fr, Hh, Ww = plan.shape
     if start_frames:
@@ -217,24 +241,37 @@ def generate(runner: ChunkRunner, context: torch.Tensor, shape: tuple[int, int, 
     work, device = runner.out_dtype, runner.device
     ctx_sigma = float(settings.context_timestep) / 1000.0
     sigmas = run.sigmas
-    session = VideoSession(runner, plan, run.policy, time_chunks=time_chunks)
+    session = VideoSession(runner, plan, run.policy, time_chunks=time_chunks,
+                           keep_written=bool(run.switches) and settings.recache)
     out = torch.zeros(plan.shape, dtype=work, device=device)
+    switch_at = {s.chunk: s for s in run.switches}
     done = 0
+
+    def progress(ci, k, steps, x0, f0, kind="denoise"):
+        nonlocal done
+        done += 1
+        if callback is not None:
+            callback(ProgressEvent(ci, len(plan.chunks), k, steps, done, run.passes, x0, f0, kind))
+
     try:
-        session.set_prompt(context)
+        session.set_prompt(prompts.first)
         for f0, n in plan.given:
             x = start_latent[:, :, f0:f0 + n].to(device=device, dtype=work)
             out[:, :, f0:f0 + n] = x
             session.write(x, torch.zeros(B, device=device, dtype=work), f0)
         for ci, (f0, n) in enumerate(plan.chunks):
+            if ci in switch_at:
+                planned = run.recache_passes[ci]
+                ran = session.switch_prompt(switch_at[ci].context, ci, settings.recache,
+                                            on_pass=lambda: progress(ci, 0, planned, None, f0, "recache"))
+                for _ in range(planned - ran):  # fewer frames kept than planned: the bar still ends full
+                    progress(ci, 0, planned, None, f0, "recache")
             x = sigmas[0] * noise.start(ci, f0, (B, C, n, Hh, Ww))  # x_s = (1 - s) x0 + s eps, nothing known of x0
             x0 = x
             for k, s in enumerate(sigmas):
                 v = session.predict(x, torch.full((B,), s * 1000.0, device=device, dtype=work), f0)
                 x0 = x - s * v.to(work)
-                done += 1
-                if callback is not None:
-                    callback(ProgressEvent(ci, len(plan.chunks), k, len(sigmas), done, run.passes, x0, f0))
+                progress(ci, k, len(sigmas), x0, f0)
                 if k + 1 < len(sigmas):
                     s_next = sigmas[k + 1]
                     x = (1.0 - s_next) * x0 + s_next * noise.fresh(ci, k, x0)

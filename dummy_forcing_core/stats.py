@@ -46,6 +46,7 @@ class GenerationStats:
     kv_allocated_bytes: int = 0
     attn_flops: int = 0
     attn_flops_full: int = 0
+    prompt_switches: list[dict] = field(default_factory=list)  # chunk, frame, recache, passes, seconds, ...
 
     @classmethod
     def start(cls, geometry, plan, base, dummy_forcing: dict | None, loop: str = "AR Video Sampler") -> "GenerationStats":

@@ -295,7 +295,7 @@ class Progress:
     def __call__(self, event) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
         self.done += 1
-        preview = self.previewer(event.x0) if self.previewer is not None else None
+        preview = self.previewer(event.x0) if self.previewer is not None and event.x0 is not None else None
         self.pbar.update_absolute(min(self.done, self.total), self.total, preview)
 
 

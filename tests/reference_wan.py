@@ -59,10 +59,11 @@ def token_positions(frame_ids, h, w):
     return t, hh, ww
 
 
-def reference_forward(sd, heads, x, timesteps, context, frame_ids, mask, eps=1e-6, freq_dim=None):
+def reference_forward(sd, heads, x, timesteps, context, frame_ids, mask, eps=1e-6, freq_dim=None, capture=None):
     """x [C, F, H, W] (one sample); timesteps [F]; context [Lt, text_dim];
     frame_ids: absolute frame index of each of the F frames; mask: bool [L, L],
-    [heads, L, L] or [layers, heads, L, L] (True = may attend). Returns the flow [C_out, F, H, W], float64."""
+    [heads, L, L] or [layers, heads, L, L] (True = may attend). Returns the flow [C_out, F, H, W], float64.
+    capture: a list that gets, per layer, the self-attention (k, v) [L, heads, D] (k RoPE-rotated)."""
     sd = {k: v.double() for k, v in sd.items()}
     x = x.double()
     pe_w = sd["patch_embedding.weight"]  # [dim, C, 1, 2, 2]
@@ -100,6 +101,8 @@ def reference_forward(sd, heads, x, timesteps, context, frame_ids, mask, eps=1e-
         k = _rms(_lin(sd, p + "self_attn.k", y), sd[p + "self_attn.norm_k.weight"], eps).reshape(L, heads, D)
         v = _lin(sd, p + "self_attn.v", y).reshape(L, heads, D)
         q, k = _apply_rope(q, rot), _apply_rope(k, rot)
+        if capture is not None:
+            capture.append((k, v))
         logits = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(D)
         logits = logits.masked_fill(~(mask if layer_masks is None else layer_masks[i]), float("-inf"))
         att = torch.softmax(logits, dim=-1)
