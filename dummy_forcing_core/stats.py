@@ -129,6 +129,12 @@ class GenerationStats:
         if self.dummy_forcing:
             lines.append(f"profiling: {1000 * self.profile_seconds:.1f} ms, cache regroup {1000 * self.regroup_seconds:.1f} ms"
                          + (f", per-head cache from chunk {self.switch_chunk}" if self.switch_chunk is not None else ""))
+        for sw in self.prompt_switches:
+            how = (f"re-cache {sw['recache_passes']} pass(es), {1000 * sw['seconds']:.1f} ms" if sw["recache"]
+                   else "no re-cache")
+            if sw.get("reprofiled"):
+                how += f"; heads re-profiled (dummy heads kept: {sw['dummy_overlap']:.0%})"
+            lines.append(f"prompt switch at chunk {sw['chunk']} (latent frame {sw['frame']}): {how}")
         counts = self.type_counts()
         if counts:
             lines.append("layer  sink  neighbor  dummy  KV held      KV full")

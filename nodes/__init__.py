@@ -6,10 +6,11 @@ from comfy_api.latest import ComfyExtension, io
 
 from .apply import ApplyDummyForcing, ARCachePolicy
 from .head_profiles import LoadHeadProfile, ProfileHeads
+from .prompts import ARPromptStart
 from .sampler import ARVideoSampler
 from .stats import CacheStats
 
-NODES = [ARVideoSampler, ApplyDummyForcing, ARCachePolicy, ProfileHeads, LoadHeadProfile, CacheStats]
+NODES = [ARVideoSampler, ApplyDummyForcing, ARCachePolicy, ARPromptStart, ProfileHeads, LoadHeadProfile, CacheStats]
 
 
 class DummyForcingExtension(ComfyExtension):
@@ -22,4 +23,4 @@ async def comfy_entrypoint() -> DummyForcingExtension:
 
 
 __all__ = ["NODES", "DummyForcingExtension", "comfy_entrypoint", "ARVideoSampler", "ApplyDummyForcing",
-           "ARCachePolicy", "ProfileHeads", "LoadHeadProfile", "CacheStats"]
+           "ARCachePolicy", "ARPromptStart", "ProfileHeads", "LoadHeadProfile", "CacheStats"]

@@ -93,6 +93,12 @@ class ApplyDummyForcing(io.ComfyNode):
                     "of neighbor_chunks chunks, spending the memory freed by dummy heads on more history (the paper "
                     "reaches ~6.6x longer context at the same speed). Needs a base cache that still holds those "
                     "frames at ar_start (use 'full'). Default 0 = off."),
+                io.Boolean.Input(
+                    "reprofile_on_prompt_switch", default=False, optional=True,
+                    tooltip="With several prompts (AR Prompt Start) and re-cache on: profile the first chunk after each "
+                    "switch again, over the re-cached frames, and re-program the heads for the new prompt. Off "
+                    "(default): keep the head types of the first profile (the authors' choice; dummy heads overlap "
+                    "~76% across prompts)."),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="A clone of the model that AR Video Sampler runs "
                                      "with Dummy Forcing.")],
@@ -101,7 +107,7 @@ class ApplyDummyForcing(io.ComfyNode):
     @classmethod
     def execute(cls, model, dummy_heads, dummy_head_count, scope, normalised_cost, ar_start, neighbor_chunks,
                 sink_frames, context_packing, profile_sample_fraction, profile_seed, long_context_frames,
-                head_profile=None) -> io.NodeOutput:
+                head_profile=None, reprofile_on_prompt_switch=False) -> io.NodeOutput:
         with node_errors(NAME):
             geom = glue.wan_geometry(model)
             cfg = DummyForcingConfig(
@@ -109,7 +115,8 @@ class ApplyDummyForcing(io.ComfyNode):
                 normalised_cost=bool(normalised_cost), ar_start=int(ar_start), neighbor_chunks=int(neighbor_chunks),
                 sink_frames=int(sink_frames), context_packing=bool(context_packing),
                 profile_sample_fraction=float(profile_sample_fraction), profile_seed=int(profile_seed),
-                long_context_frames=int(long_context_frames), head_profile=head_profile)
+                long_context_frames=int(long_context_frames), head_profile=head_profile,
+                reprofile_on_prompt_switch=bool(reprofile_on_prompt_switch))
             cfg.check_model(geom)
             spec = (glue.cache_spec_of(model) or CacheSpec()).with_dummy_forcing(cfg)
             return io.NodeOutput(glue.with_cache_spec(model, spec))

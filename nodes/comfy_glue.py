@@ -25,6 +25,7 @@ from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.errors import SettingError, check_finite
 from dummy_forcing_core.geometry import ModelGeometry, check_latent
 from dummy_forcing_core.kv_cache import FULL, Retention
+from dummy_forcing_core.prompt_schedule import PromptSchedule, latent_frame_of
 from dummy_forcing_core.sampler import RunPlan, SamplerSettings, plan_run
 
 from . import core_ar_loop
@@ -186,6 +187,41 @@ def conditioning_contexts(cond, name: str, text_dim: int | None, batch: int) -> 
     return out
 
 
+PROMPT_START_KEY = "dummy_forcing_start"  # a CONDITIONING entry's dict: the latent frame its prompt starts at
+
+
+def tag_prompt_start(cond, start: float, unit: str) -> list:
+    """A copy of ``cond`` whose entries say their prompt starts at ``start`` (seconds or latent frames)."""
+    check_finite(start, "input", "start")
+    if unit == "seconds":
+        frame = latent_frame_of(start)
+    elif unit == "latent frames":
+        if start != int(start):
+            raise SettingError("input", "start", f"'start' = {start} latent frames is not a whole frame")
+        frame = int(start)
+    else:
+        raise SettingError("input", "unit", f"'unit' must be 'seconds' or 'latent frames', got {unit!r}")
+    conditioning_contexts(cond, "conditioning", None, 10 ** 9)  # the same checks as the sampler's
+    return [[entry[0], {**entry[1], PROMPT_START_KEY: frame}] for entry in cond]
+
+
+def prompt_schedule(cond, contexts: list[torch.Tensor], name: str) -> PromptSchedule:
+    """The prompts of a CONDITIONING: entries tagged by AR Prompt Start switch in at their frame,
+    the one untagged entry starts at 0. Untagged only: the first entry for the whole video."""
+    starts = [(entry[1] or {}).get(PROMPT_START_KEY) for entry in cond]
+    if all(s is None for s in starts):
+        if len(contexts) > 1:
+            log.warning("'%s' holds %d conditionings without AR Prompt Start; only the first is used", name,
+                        len(contexts))
+        return PromptSchedule([(0, contexts[0])], name)
+    untagged = [i for i, s in enumerate(starts) if s is None]
+    if len(untagged) > 1:
+        raise SettingError("input", name, f"'{name}' holds {len(untagged)} prompts without a start: only the first "
+                           "prompt may go without AR Prompt Start")
+    first = [(0, c) for s, c in zip(starts, contexts) if s is None]  # the untagged prompt plays first
+    return PromptSchedule(first + [(int(s), c) for s, c in zip(starts, contexts) if s is not None], name)
+
+
 # ------------------------------------------------------------------------------------ widgets
 def check_float_widgets(owner: str = "sampler", **widgets) -> None:
     """NaN / inf float widgets pass ComfyUI's min/max validation (every comparison with NaN is
@@ -307,23 +343,28 @@ class PreparedRun:
     runner: ChunkRunner
     samples: torch.Tensor          # the LATENT's samples (VAE space)
     contexts: list[torch.Tensor]   # text contexts [1 or B, L, dim], one per conditioning entry
-    plan: RunPlan                  # one video's plan (pieces, passes, KV bytes)
+    plan: RunPlan                  # one video's plan (pieces, passes, KV bytes, prompt switches)
     progress: Progress
+    prompts: PromptSchedule | None  # with ``schedule``: the conditioning's prompts and starts
 
 
 def prepare_run(model, latent, conditioning, conditioning_name: str, settings: SamplerSettings, spec,
-                start_frames: int = 0, videos: int = 1, given_in_one_piece: bool = False) -> PreparedRun:
+                start_frames: int = 0, videos: int = 1, given_in_one_piece: bool = False,
+                schedule: bool = False) -> PreparedRun:
     """Check every input and setting, plan the video (nothing loaded yet, so a bad setting
     costs nothing), then load the model with room for a chunk and the KV cache. ``videos``:
-    how many videos of this plan the node runs (the progress bar spans them all)."""
+    how many videos of this plan the node runs (the progress bar spans them all);
+    ``schedule``: read the conditioning as a prompt schedule (AR Prompt Start tags)."""
     geom = wan_geometry(model)
     samples = latent_samples(latent, geom)
     if start_frames and not given_in_one_piece:
         check_finite(samples[:, :, :start_frames], "input", "latent")
     contexts = conditioning_contexts(conditioning, conditioning_name, text_dim_of(model), samples.shape[0])
-    plan = plan_run(geom, samples.shape, settings, spec, start_frames, compute_dtype(model), given_in_one_piece)
+    prompts = prompt_schedule(conditioning, contexts, conditioning_name) if schedule else None
+    plan = plan_run(geom, samples.shape, settings, spec, start_frames, compute_dtype(model), given_in_one_piece,
+                    prompts)
     progress = Progress(model, plan.passes * videos)
     progress.check()
     B, C, _, Hh, Ww = samples.shape
     runner = load_runner(model, (B, C, settings.chunk_frames, Hh, Ww), plan.kv_bytes)
-    return PreparedRun(runner, samples, contexts, plan, progress)
+    return PreparedRun(runner, samples, contexts, plan, progress, prompts)

@@ -1,8 +1,6 @@
 """AR Video Sampler: the pack's chunk-by-chunk flow-matching loop on a ComfyUI MODEL."""
 from __future__ import annotations
 
-import logging
-
 from comfy_api.latest import io
 
 from dummy_forcing_core.cache_policy import CacheSpec
@@ -16,7 +14,6 @@ from .node_errors import node_errors
 NAME = "AR Video Sampler"
 OWNERS = {"dummy_forcing": "Apply Dummy Forcing"}
 NOISE_LAYOUTS = ["pack", "comfy"]
-log = logging.getLogger("dummy_forcing")
 
 
 class ARVideoSampler(io.ComfyNode):
@@ -41,9 +38,10 @@ class ARVideoSampler(io.ComfyNode):
                     "(start image) or ModelSamplingSD3 (shift). LoRAs and weight patches applied by other nodes are "
                     "used."),
                 io.Conditioning.Input(
-                    "positive", tooltip="The prompt (CLIP Text Encode with a umT5-XXL CLIP of type 'wan'). Only the "
-                    "first conditioning entry is used (combined conditionings are not mixed); its batch must be 1 "
-                    "or the latent's batch. There is no negative prompt: distilled causal models run without CFG."),
+                    "positive", tooltip="The prompt (CLIP Text Encode with a umT5-XXL CLIP of type 'wan'); its batch "
+                    "must be 1 or the latent's batch. Several prompts for a long video: tag the later ones with AR "
+                    "Prompt Start and combine them (Conditioning Combine); otherwise only the first entry is used. "
+                    "There is no negative prompt: distilled causal models run without CFG."),
                 io.Latent.Input(
                     "latent", tooltip="A Wan video latent [batch, 16, frames, height/8, width/8], e.g. from "
                     "EmptyHunyuanLatentVideo or EmptyARVideoLatent (length 81 -> 21 latent frames). Its shape sets "
@@ -82,6 +80,11 @@ class ARVideoSampler(io.ComfyNode):
                     "the same video on any device. 'comfy': the layout of core's Sampler AR Video with a RandomNoise "
                     "of this seed (start noise over the whole latent, fresh noise seeded per chunk and step on the "
                     "device), so both samplers make the same video on one device."),
+                io.Boolean.Input(
+                    "recache_on_switch", default=True, optional=True,
+                    tooltip="With several prompts (AR Prompt Start): at each switch re-encode the frames the cache "
+                    "holds under the new prompt (LongLive's KV re-cache; a few extra passes), so the next chunk "
+                    "follows it without a seam. Off: only the text changes, the cached frames keep the old prompt."),
             ],
             outputs=[
                 io.Latent.Output(display_name="LATENT", tooltip="The video latent (VAE space): decode with VAE Decode."),
@@ -93,7 +96,7 @@ class ARVideoSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, latent, seed, denoise_timesteps, steps, shift, frames_per_chunk, cache,
                 sink_frames, window_frames, context_timestep, start_frames, noise_layout="pack", sigmas=None,
-                noise=None) -> io.NodeOutput:
+                noise=None, recache_on_switch=True) -> io.NodeOutput:
         with node_errors(NAME, OWNERS):
             glue.check_float_widgets(shift=shift)
             spec = _cache_spec(model, glue.retention_of(cache, sink_frames, window_frames))
@@ -101,7 +104,8 @@ class ARVideoSampler(io.ComfyNode):
                 chunk_frames=int(frames_per_chunk), timesteps=glue.parse_timesteps(denoise_timesteps),
                 steps=int(steps), shift=float(shift) if shift > 0 else glue.model_shift(model)[0],
                 sigmas=None if sigmas is None else glue.sigmas_of(sigmas), context_timestep=float(context_timestep),
-                seed=int(getattr(noise, "seed", seed)), noise="comfy" if noise is not None else noise_layout)
+                seed=int(getattr(noise, "seed", seed)), noise="comfy" if noise is not None else noise_layout,
+                recache=bool(recache_on_switch))
             initial = glue.initial_latent_of(model)
             if initial is not None and start_frames:
                 raise SettingError("sampler", "start_frames", "the model carries an ARVideoI2V start image and "
@@ -110,15 +114,13 @@ class ARVideoSampler(io.ComfyNode):
                 check_finite(initial, "input", "model")  # ARVideoI2V's start image latent
             n_start = int(initial.shape[2]) if initial is not None else int(start_frames)
             run = glue.prepare_run(model, latent, positive, "positive", settings, spec, n_start,
-                                   given_in_one_piece=initial is not None)
-            if len(run.contexts) > 1:
-                log.warning("%s: 'positive' holds %d conditionings; only the first is used", NAME, len(run.contexts))
+                                   given_in_one_piece=initial is not None, schedule=True)
             start = None
             if n_start:
                 start = glue.to_model_space(model, initial if initial is not None else run.samples)
                 start = start.expand(run.samples.shape[0], *start.shape[1:])
             init_noise = None if noise is None else noise.generate_noise({"samples": run.samples})
-            result = generate(run.runner, run.contexts[0], tuple(run.samples.shape), settings, spec,
+            result = generate(run.runner, run.prompts, tuple(run.samples.shape), settings, spec,
                               start_latent=start, start_frames=n_start, callback=run.progress,
                               initial_noise=init_noise, given_in_one_piece=initial is not None)
             out = glue.to_latent_output(model, result.latent, latent)

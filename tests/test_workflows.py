@@ -174,8 +174,8 @@ def load_workflows() -> dict:
     return out
 
 
-EXPECTED = ["causal_forcing_i2v_dummy_forcing.json", "long_video_sink_window.json", "profile_and_reuse.json",
-            "text_to_video_dummy_forcing.json"]
+EXPECTED = ["causal_forcing_i2v_dummy_forcing.json", "long_video_prompt_switch.json", "long_video_sink_window.json",
+            "profile_and_reuse.json", "text_to_video_dummy_forcing.json"]
 
 
 # ------------------------------------------------------------------------------------ tests
@@ -359,3 +359,14 @@ def test_the_i2v_workflow_is_cores_template_with_dummy_forcing(specs):
     sample_id, _ = one("SamplerCustomAdvanced")
     _, stats = one("CacheStats")
     assert stats["model"][0] == df_id and stats["latent"][0] == sample_id
+
+
+def test_the_prompt_switch_workflow_schedules_three_prompts(specs):
+    p = to_api(load_workflows()["long_video_prompt_switch.json"], specs)
+    sampler = next(q["inputs"] for q in p.values() if q["class_type"] == "ARVideoSampler")
+    assert sampler["recache_on_switch"] is True and sampler["cache"] == "sink + window"
+    starts = sorted((q["inputs"]["start"], q["inputs"]["unit"]) for q in p.values() if q["class_type"] == "ARPromptStart")
+    assert starts == [(5.0, "seconds"), (10.0, "seconds")]
+    top = p[sampler["positive"][0]]
+    assert top["class_type"] == "ConditioningCombine"
+    assert next(q for q in p.values() if q["class_type"] == "EmptyHunyuanLatentVideo")["inputs"]["length"] == 241

@@ -13,10 +13,11 @@ import comfy_stub_tools
 from helpers import ROOT
 from node_helpers import PACK_MODULE, load_pack, pack_nodes
 
-NODE_IDS = ["ARVideoSampler", "ApplyDummyForcing", "ARCachePolicy", "ProfileHeads", "LoadHeadProfile", "CacheStats"]
+NODE_IDS = ["ARVideoSampler", "ApplyDummyForcing", "ARCachePolicy", "ARPromptStart", "ProfileHeads", "LoadHeadProfile",
+            "CacheStats"]
 DISPLAY = {"ARVideoSampler": "AR Video Sampler", "ApplyDummyForcing": "Apply Dummy Forcing",
-           "ARCachePolicy": "AR Cache Policy", "ProfileHeads": "Profile Heads", "LoadHeadProfile": "Load Head Profile",
-           "CacheStats": "Cache Stats"}
+           "ARCachePolicy": "AR Cache Policy", "ARPromptStart": "AR Prompt Start", "ProfileHeads": "Profile Heads",
+           "LoadHeadProfile": "Load Head Profile", "CacheStats": "Cache Stats"}
 CATEGORY = "video/dummy forcing"
 
 
@@ -59,29 +60,32 @@ def test_core_imports_without_comfyui():
 EXPECTED_INPUTS = {
     "ARVideoSampler": ["model", "positive", "latent", "sigmas", "noise", "seed", "denoise_timesteps", "steps", "shift",
                        "frames_per_chunk", "cache", "sink_frames", "window_frames", "context_timestep",
-                       "start_frames", "noise_layout"],
+                       "start_frames", "noise_layout", "recache_on_switch"],
     "ApplyDummyForcing": ["model", "head_profile", "dummy_heads", "dummy_head_count", "scope", "normalised_cost",
                           "ar_start", "neighbor_chunks", "sink_frames", "context_packing", "profile_sample_fraction",
-                          "profile_seed", "long_context_frames"],
+                          "profile_seed", "long_context_frames", "reprofile_on_prompt_switch"],
     "ProfileHeads": ["model", "conditioning", "latent", "seed", "runs_per_prompt", "ar_start", "chunks_to_profile",
                      "sink_frames", "frames_per_chunk", "denoise_timesteps", "steps", "shift", "sample_fraction",
                      "preview_dummy_heads", "save_name"],
     "ARCachePolicy": ["model", "cache", "sink_frames", "window_frames"],
+    "ARPromptStart": ["conditioning", "start", "unit"],
     "LoadHeadProfile": ["profile_name"],
     "CacheStats": ["stats", "model", "latent"],
 }
 EXPECTED_OUTPUTS = {
     "ARVideoSampler": ["LATENT", "DF_STATS"], "ApplyDummyForcing": ["MODEL"], "ARCachePolicy": ["MODEL"],
+    "ARPromptStart": ["CONDITIONING"],
     "ProfileHeads": ["HEAD_PROFILE", "IMAGE"], "LoadHeadProfile": ["HEAD_PROFILE"], "CacheStats": ["STRING", "IMAGE"],
 }
 DEFAULTS = {
     "ARVideoSampler": dict(seed=0, denoise_timesteps="1000,750,500,250", steps=4, shift=0.0, frames_per_chunk=3,
                            cache="full", sink_frames=3, window_frames=12, context_timestep=0, start_frames=0,
-                           noise_layout="pack"),
+                           noise_layout="pack", recache_on_switch=True),
     "ARCachePolicy": dict(cache="full", sink_frames=3, window_frames=12),
     "ApplyDummyForcing": dict(dummy_heads=0.5, dummy_head_count=0, scope="global", normalised_cost=False, ar_start=1,
                               neighbor_chunks=1, sink_frames=1, context_packing=True, profile_sample_fraction=0.25,
-                              profile_seed=0, long_context_frames=0),
+                              profile_seed=0, long_context_frames=0, reprofile_on_prompt_switch=False),
+    "ARPromptStart": dict(start=5.0, unit="seconds"),
     "ProfileHeads": dict(seed=0, runs_per_prompt=1, ar_start=1, chunks_to_profile=1, sink_frames=1,
                          frames_per_chunk=3, denoise_timesteps="1000,750,500,250", steps=4, shift=0.0,
                          sample_fraction=0.25, preview_dummy_heads=0.5, save_name=""),

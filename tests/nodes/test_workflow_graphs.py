@@ -216,3 +216,16 @@ def test_causal_forcing_i2v_workflow_end_to_end(env, run_node):
     assert "loop: ComfyUI Sampler AR Video" in text and "per-head cache from chunk 2" in text
     assert "dummy forcing: dummy heads 0.5" in text
     assert core.saved_videos and core.saved_videos[0][0] == "video/causal_forcing_i2v_dummy_forcing"
+
+
+def test_prompt_switch_workflow_end_to_end(env, run_node):
+    tools, specs, ours, core = env
+    prompt = tools.to_api(load(tools, "long_video_prompt_switch.json"), specs)
+    results, _, _ = execute(prompt, ours, core, run_node)
+    (latent, stats), = of_type(prompt, results, "ARVideoSampler")
+    assert latent["samples"].shape[2] == 61
+    # 5 s and 10 s = latent frames 20 and 40: used from the chunks of 3 holding them (6 and 13)
+    assert [(s["chunk"], s["frame"]) for s in stats.prompt_switches] == [(6, 18), (13, 39)]
+    assert all(s["recache_passes"] >= 2 for s in stats.prompt_switches)  # sink frames and the window
+    (text, _), = of_type(prompt, results, "CacheStats")
+    assert "prompt switch" in text
