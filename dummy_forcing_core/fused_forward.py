@@ -24,6 +24,7 @@ changes (data pointer or in-place version), so patches applied between videos ar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,7 @@ from torch import nn
 from .attention import ATTENTION_CHOICES, attend_ordered, attention_backends
 from .cuda_graphs import PassGraphs
 from .fast_kernels import residual_norm_modulate, rms_norm_rope
+from .fp8 import fp8_linear, fp8_matmul_available, fp8_scale, is_fp8
 from .wan_blocks import embed_patches, time_embed
 
 __all__ = ["FastOptions", "FusedForward", "plain_linear"]
@@ -53,7 +55,9 @@ class FastOptions:
         side stream, overlapping the first group's (fills the tail waves of small groups).
     cuda_graphs: (CUDA) replay repeated passes as CUDA graphs (``cuda_graphs.py``); at most
         ``max_graphs`` graphs (each with its memory pool) are kept. A capture failure turns
-        graphs off for the runner (``FusedForward.graphs.error``)."""
+        graphs off for the runner (``FusedForward.graphs.error``).
+    fp8_matmul: fp8 weights (``fp8.py``) multiply in fp8 where the GPU can (ComfyUI's
+        fp8_e4m3fn_fast); off: they are cast to the compute dtype one layer at a time."""
 
     fused_kernels: bool = True
     fuse_qkv: bool = True
@@ -65,6 +69,7 @@ class FastOptions:
     overlap_groups: bool = True
     cuda_graphs: bool = True
     max_graphs: int = 2
+    fp8_matmul: bool = False
 
     def __post_init__(self):
         if self.attention not in ATTENTION_CHOICES:
@@ -90,12 +95,35 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 
 
 def _on(t: torch.Tensor | None, dtype, device) -> bool:
-    return t is None or (t.dtype == dtype and _same_device(t.device, device))
+    return t is None or (_plain_tensor(t) and t.dtype == dtype and _same_device(t.device, device))
+
+
+def _plain_tensor(t: torch.Tensor) -> bool:
+    """A dense tensor, not a subclass (ComfyUI's QuantizedTensor reports its original dtype but
+    holds packed data: only the module's own call multiplies it right)."""
+    return type(t) in (torch.Tensor, nn.Parameter) and type(t.data) is torch.Tensor
 
 
 def plain_linear(m, dtype, device) -> bool:
     """An ``nn.Linear`` whose call is exactly ``F.linear(x, m.weight, m.bias)`` in ``dtype``."""
     return isinstance(m, nn.Linear) and _flags_plain(m) and _on(m.weight, dtype, device) and _on(m.bias, dtype, device)
+
+
+def fp8_linear_layer(m, dtype, device) -> bool:
+    """A linear layer with an fp8 weight on ``device`` (ComfyUI's cast-on-call layers included,
+    but no weight patches: those need the host's own call), bias in ``dtype`` or none."""
+    w = getattr(m, "weight", None)
+    return (is_fp8(w) and _plain_tensor(w) and w.ndim == 2 and _same_device(w.device, device) and _on(getattr(m, "bias", None), dtype, device)
+            and not getattr(m, "weight_function", None) and not getattr(m, "bias_function", None)
+            and not m._forward_hooks and not m._forward_pre_hooks)
+
+
+class Lin(NamedTuple):
+    """One product's weight [out, in] (compute dtype, or fp8 with ``scale``) and bias."""
+
+    w: torch.Tensor
+    b: torch.Tensor | None
+    scale: torch.Tensor | None = None
 
 
 def _plain_layernorm(m, dim, affine: bool, dtype, device) -> bool:
@@ -124,15 +152,13 @@ def _version(t: torch.Tensor | None):
 @dataclass
 class _LayerWeights:
     key: tuple
-    qkv_w: torch.Tensor | None          # [3C, C] (storage order), or None: separate products
-    qkv_b: torch.Tensor | None
-    q: tuple                            # (weight, bias) of the separate products
-    k: tuple
-    v: tuple
+    qkv: Lin | None                     # [3C, C] (storage order), or None: separate products
+    q: Lin | None                       # the separate products
+    k: Lin | None
+    v: Lin | None
     nq: torch.Tensor                    # norm_q / norm_k weights in storage order
     nk: torch.Tensor
-    o_w: torch.Tensor
-    o_b: torch.Tensor | None
+    o: Lin
     gather: torch.Tensor | None         # storage order -> heads, when weights are not permuted
     scatter: torch.Tensor | None
 
@@ -159,8 +185,8 @@ class FusedForward:
             for i, b in enumerate(m.blocks):
                 sa, ca = b.self_attn, b.cross_attn
                 lin = [sa.q, sa.k, sa.v, sa.o, ca.q, ca.o, b.ffn[0], b.ffn[2]]
-                if not all(plain_linear(x, dt, dev) for x in lin):
-                    return f"block {i}: a projection is not a plain Linear in {dt} on {dev}"
+                if not all(plain_linear(x, dt, dev) or fp8_linear_layer(x, dt, dev) for x in lin):
+                    return f"block {i}: a projection is not a plain Linear in {dt} (or fp8) on {dev}"
                 if not (_plain_layernorm(b.norm1, g.dim, False, dt, dev) and _plain_layernorm(b.norm2, g.dim, False, dt, dev)
                         and _plain_layernorm(b.norm3, g.dim, True, dt, dev)):
                     return f"block {i}: unexpected norm1/norm2/norm3"
@@ -170,7 +196,8 @@ class FusedForward:
                     return f"block {i}: FFN is not Linear-GELU(tanh)-Linear"
                 if not _same_device(b.modulation.device, dev):
                     return f"block {i}: modulation on {b.modulation.device}"
-            if not (plain_linear(m.head.head, dt, dev) and _plain_layernorm(m.head.norm, g.dim, False, dt, dev)):
+            if not ((plain_linear(m.head.head, dt, dev) or fp8_linear_layer(m.head.head, dt, dev))
+                    and _plain_layernorm(m.head.norm, g.dim, False, dt, dev)):
                 return "head is not LayerNorm + plain Linear"
         except (AttributeError, TypeError, IndexError) as err:
             return f"unexpected module structure ({err})"
@@ -183,13 +210,27 @@ class FusedForward:
     # -- derived weights ------------------------------------------------------------------------
     def _copy_budget_ok(self) -> bool:
         g = self.g
-        elem = torch.empty((), dtype=self.dtype).element_size()
+        elem = self.model.blocks[0].self_attn.q.weight.element_size()  # copies keep the weights' storage dtype
         return g.num_layers * 4 * g.dim * g.dim * elem <= self.opts.weight_budget_bytes
+
+    def _fp8_matmul(self) -> bool:
+        if not hasattr(self, "_fp8_mm"):
+            self._fp8_mm = self.opts.fp8_matmul and fp8_matmul_available(self.device)
+        return self._fp8_mm
+
+    def _mm(self, x: torch.Tensor, lin: Lin) -> torch.Tensor:
+        if is_fp8(lin.w):
+            return fp8_linear(x, lin.w, lin.b, lin.scale, self._fp8_matmul())
+        return F.linear(x, lin.w, lin.b)
+
+    @staticmethod
+    def _lin(m) -> Lin:
+        return Lin(m.weight, m.bias, fp8_scale(m) if is_fp8(m.weight) else None)
 
     def layer_weights(self, i: int, order: list[int]) -> _LayerWeights:
         sa = self.model.blocks[i].self_attn
         srcs = (sa.q.weight, sa.q.bias, sa.k.weight, sa.k.bias, sa.v.weight, sa.v.bias, sa.o.weight, sa.o.bias,
-                sa.norm_q.weight, sa.norm_k.weight)
+                sa.norm_q.weight, sa.norm_k.weight, fp8_scale(sa.q), fp8_scale(sa.k), fp8_scale(sa.v), fp8_scale(sa.o))
         key = (tuple(order),) + tuple(_version(t) for t in srcs)
         w = self._weights.get(i)
         if w is not None and w.key == key:
@@ -206,25 +247,20 @@ class FusedForward:
                 chan = (torch.tensor(order, device=self.device)[:, None] * D
                         + torch.arange(D, device=self.device)[None]).flatten()
             pick = (lambda t: t) if chan is None else (lambda t: None if t is None else t.index_select(0, chan))
-            q = (pick(sa.q.weight), pick(sa.q.bias))
-            k = (pick(sa.k.weight), pick(sa.k.bias))
-            v = (pick(sa.v.weight), pick(sa.v.bias))
+            q, k, v = (Lin(pick(m.weight), pick(m.bias), self._lin(m).scale) for m in (sa.q, sa.k, sa.v))
             nq, nk = pick(sa.norm_q.weight), pick(sa.norm_k.weight)
-            o_w = sa.o.weight if chan is None else sa.o.weight.index_select(1, chan)
-            qkv_w = qkv_b = None
+            o = self._lin(sa.o)
+            if chan is not None:
+                o = Lin(o.w.index_select(1, chan), o.b, o.scale)
+            qkv = None
             if fuse:
-                qkv_w = torch.cat([q[0], k[0], v[0]], 0)
-                if all(b is not None for b in (q[1], k[1], v[1])):
-                    qkv_b = torch.cat([q[1], k[1], v[1]], 0)
-                elif any(b is not None for b in (q[1], k[1], v[1])):
-                    zero = torch.zeros(C, dtype=self.dtype, device=self.device)
-                    qkv_b = torch.cat([b if b is not None else zero for b in (q[1], k[1], v[1])], 0)
-                q = k = v = (None, None)
+                qkv = _concat(q, k, v, C, self.dtype, self.device)
+                q = k = v = None
             gather = scatter = None
             if not identity and not permute:
                 gather = torch.tensor(order, dtype=torch.long, device=self.device)
                 scatter = torch.argsort(gather)
-        w = _LayerWeights(key, qkv_w, qkv_b, q, k, v, nq, nk, o_w, sa.o.bias, gather, scatter)
+        w = _LayerWeights(key, qkv, q, k, v, nq, nk, o, gather, scatter)
         self._weights[i] = w
         return w
 
@@ -255,11 +291,11 @@ class FusedForward:
             self._gelu_checked = ok
         return self._gelu_checked
 
-    def _ffn_in(self, h2: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
-        if self.opts.gelu_epilogue and lin.bias is not None and self._gelu_ok():
+    def _ffn_in(self, h2: torch.Tensor, lin: Lin) -> torch.Tensor:
+        if self.opts.gelu_epilogue and lin.b is not None and not is_fp8(lin.w) and self._gelu_ok():
             B, L, C = h2.shape
-            return torch._addmm_activation(lin.bias, h2.view(B * L, C), lin.weight.t(), use_gelu=True).view(B, L, -1)
-        return F.gelu(F.linear(h2, lin.weight, lin.bias), approximate="tanh")
+            return torch._addmm_activation(lin.b, h2.view(B * L, C), lin.w.t(), use_gelu=True).view(B, L, -1)
+        return F.gelu(self._mm(h2, lin), approximate="tanh")
 
     def _norm_mod(self, *args, **kw):
         return residual_norm_modulate(*args, use_triton=None if self.opts.fused_kernels else False, **kw)
@@ -333,14 +369,14 @@ class FusedForward:
             for i, block in enumerate(blocks):
                 sa, ca = block.self_attn, block.cross_attn
                 lw = self.layer_weights(i, cache.layers[i].order)
-                if lw.qkv_w is not None:
-                    qkv = F.linear(h, lw.qkv_w, lw.qkv_b).view(B * L, 3 * C)
+                if lw.qkv is not None:
+                    qkv = self._mm(h, lw.qkv).view(B * L, 3 * C)
                     qs, ks, vs = qkv[:, :C], qkv[:, C:2 * C], qkv[:, 2 * C:]
                     v = vs.view(B, L, H, D)
                 else:
-                    qs = F.linear(h, *lw.q).view(B * L, C)
-                    ks = F.linear(h, *lw.k).view(B * L, C)
-                    v = F.linear(h, *lw.v).view(B, L, H, D)
+                    qs = self._mm(h, lw.q).view(B * L, C)
+                    ks = self._mm(h, lw.k).view(B * L, C)
+                    v = self._mm(h, lw.v).view(B, L, H, D)
                 q = self._rms(qs, lw.nq, _eps(sa.norm_q, dt), cos, sin, L).view(B, L, H, D)
                 k = self._rms(ks, lw.nk, _eps(sa.norm_k, dt), cos, sin, L).view(B, L, H, D)
                 if lw.gather is not None:
@@ -350,18 +386,18 @@ class FusedForward:
                                      side_stream=side)
                 if lw.scatter is not None:
                     att = att.index_select(2, lw.scatter)
-                y = F.linear(att.reshape(B, L, C), lw.o_w, lw.o_b)
+                y = self._mm(att.reshape(B, L, C), lw.o)
                 # x += y * gate1; h = norm3(x)
                 h = self._norm_mod(x_, Fr, _eps(block.norm3, dt), y=y, gate=mod[:, :, 2],
                                    mul=block.norm3.weight, add=block.norm3.bias)
-                cq = F.linear(h, ca.q.weight, ca.q.bias).view(B * L, C)
+                cq = self._mm(h, self._lin(ca.q)).view(B * L, C)
                 cq = self._rms(cq, ca.norm_q.weight, _eps(ca.norm_q, dt), None, None, L).view(B, L, H, D)
                 ck, cv = text.kv[i]
                 cy = F.scaled_dot_product_attention(cq.transpose(1, 2), ck, cv).transpose(1, 2).reshape(B, L, C)
-                y = F.linear(cy, ca.o.weight, ca.o.bias)
+                y = self._mm(cy, self._lin(ca.o))
                 # x += cross; h = norm2(x) * (1 + scale2) + shift2
                 h = self._norm_mod(x_, Fr, _eps(block.norm2, dt), y=y, mul=mod[:, :, 4], add=mod[:, :, 3])
-                y = F.linear(self._ffn_in(h, block.ffn[0]), block.ffn[2].weight, block.ffn[2].bias)
+                y = self._mm(self._ffn_in(h, self._lin(block.ffn[0])), self._lin(block.ffn[2]))
                 gate2 = mod[:, :, 5]
                 if i + 1 < nl:  # x += ffn * gate2; h = next norm1(x) * (1 + scale1) + shift1
                     mod = mods(i + 1)
@@ -370,7 +406,24 @@ class FusedForward:
                 else:  # x += ffn * gate2; h = head norm(x) * (1 + scale) + shift
                     h = self._norm_mod(x_, Fr, _eps(m.head.norm, dt), y=y, gate=gate2,
                                        mul=head_mod[:, :, 1], add=head_mod[:, :, 0], write_x=False)
-        return F.linear(h, m.head.head.weight, m.head.head.bias), grid
+        return self._mm(h, self._lin(m.head.head)), grid
+
+
+def _concat(q: Lin, k: Lin, v: Lin, C: int, dtype, device) -> Lin:
+    """One [3C, C] QKV product from three; fp8 weights keep their values, their scales become
+    one per output row (exactly the three products)."""
+    bs = [t.b for t in (q, k, v)]
+    b = None
+    if any(x is not None for x in bs):
+        zero = torch.zeros(C, dtype=dtype, device=device)
+        b = torch.cat([x if x is not None else zero for x in bs], 0)
+    w = torch.cat([t.w for t in (q, k, v)], 0)
+    scales = [t.scale for t in (q, k, v)]
+    if all(s is None for s in scales):
+        return Lin(w, b)
+    one = torch.ones((), dtype=torch.float32, device=device)
+    rows = [(one if s is None else s.float()).expand(C) for s in scales]
+    return Lin(w, b, torch.cat(rows))
 
 
 def _probe_default_sdpa(probe, layer, q, keys, group, device):

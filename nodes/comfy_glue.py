@@ -23,6 +23,7 @@ import comfy.utils
 from dummy_forcing_core.cache_policy import CacheSpec
 from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.errors import SettingError, check_finite
+from dummy_forcing_core.fused_forward import FastOptions
 from dummy_forcing_core.geometry import ModelGeometry, check_latent
 from dummy_forcing_core.kv_cache import FULL, Retention
 from dummy_forcing_core.prompt_schedule import PromptSchedule, latent_frame_of
@@ -102,7 +103,24 @@ def load_runner(model, chunk_shape=None, extra_bytes: int = 0) -> ChunkRunner:
         except Exception:  # an estimate only
             pass
     comfy.model_management.load_models_gpu([model], memory_required=need, minimum_memory_required=need)
-    return ChunkRunner(model.model.diffusion_model, dtype=compute_dtype(model), device=model.load_device)
+    dev, dtype = torch.device(model.load_device), compute_dtype(model)
+    auto_fast = dev.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    fast = FastOptions(fp8_matmul=True) if auto_fast and fp8_fast(model) else None
+    return ChunkRunner(model.model.diffusion_model, dtype=dtype, device=dev, fast=fast)
+
+
+def fp8_fast(model) -> bool:
+    """Whether the user asked ComfyUI for fp8 matrix products: UNETLoader weight_dtype
+    'fp8_e4m3fn_fast' (model_options 'fp8_optimizations') or --fast fp8_matrix_mult."""
+    if (getattr(model, "model_options", None) or {}).get("fp8_optimizations"):
+        return True
+    if (getattr(getattr(model.model, "model_config", None), "optimizations", None) or {}).get("fp8"):
+        return True
+    try:
+        from comfy.cli_args import args, PerformanceFeature
+        return PerformanceFeature.Fp8MatrixMultiplication in (args.fast or ())
+    except (ImportError, AttributeError):
+        return False
 
 
 def model_shift(model) -> tuple[float, str]:

@@ -312,3 +312,14 @@ def test_compute_dtype_follows_comfyui(stub_model_patcher):
     net = tiny_wan().to(torch.float8_e4m3fn)
     net.dtype = torch.float8_e4m3fn
     assert glue.compute_dtype(stub_model_patcher(net)) == torch.float32  # on the CPU; bf16 on CUDA
+
+
+def test_fp8_fast_weight_dtype_asks_for_fp8_products(stub_model_patcher):
+    from nodes.comfy_glue import fp8_fast
+    m = stub_model_patcher(tiny_wan(), shift=5.0)
+    assert not fp8_fast(m)
+    m.model_options["fp8_optimizations"] = True  # UNETLoader weight_dtype fp8_e4m3fn_fast
+    assert fp8_fast(m)
+    m2 = stub_model_patcher(tiny_wan(), shift=5.0)
+    m2.model.model_config.optimizations["fp8"] = True
+    assert fp8_fast(m2)

@@ -1,0 +1,124 @@
+"""fp8 weights and other geometries: fp8-stored layers (plain cast or ComfyUI-style scaled) run in
+the reference loop and the fused path, computing in the compute dtype from one layer's weight at
+a time; a model with many heads and 14B's ratios runs like the 1.3B one."""
+import copy
+
+import pytest
+import torch
+
+from helpers import make_tiny_wan, rel
+
+from dummy_forcing_core.cache_policy import CacheSpec
+from dummy_forcing_core.chunk_runner import ChunkRunner
+from dummy_forcing_core.dummy_forcing import DummyForcingConfig
+from dummy_forcing_core.fp8 import Fp8Linear, fp8_linear, quantize_fp8
+from dummy_forcing_core.fused_forward import FastOptions
+from dummy_forcing_core.kv_cache import Retention
+from dummy_forcing_core.sampler import SamplerSettings, generate
+
+H_LAT, W_LAT = 4, 6
+
+
+def ctx(dim=32):
+    return torch.randn(1, 5, dim, generator=torch.Generator().manual_seed(3))
+
+
+def dequantized(model):
+    """The same function in plain float32 Linears: fp8 weight * scale, exactly."""
+    ref = copy.deepcopy(model)
+    for block in ref.blocks:
+        for name, mod in list(block.named_modules()):
+            if isinstance(mod, Fp8Linear):
+                lin = torch.nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+                w = mod.weight.float() * (1.0 if mod.scale_weight is None else mod.scale_weight)
+                lin.weight.data.copy_(w)
+                if mod.bias is not None:
+                    lin.bias.data.copy_(mod.bias.float())
+                parent = block.get_submodule(name.rsplit(".", 1)[0]) if "." in name else block
+                setattr(parent, name.rsplit(".", 1)[-1], lin)
+    return ref
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("cache", ["full", "window", "df"])
+def test_fp8_weights_equal_their_dequantized_model(scaled, fast, cache):
+    model = quantize_fp8(make_tiny_wan(layers=3, heads=4, head_dim=16, seed=5, dtype=torch.float32), scaled=scaled)
+    assert isinstance(model.blocks[0].self_attn.q, Fp8Linear)
+    assert model.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
+    spec = {"full": CacheSpec(), "window": CacheSpec(Retention(1, 3)),
+            "df": CacheSpec(dummy_forcing=DummyForcingConfig(dummy_heads=0.5, profile_sample_fraction=1.0))}[cache]
+    st = SamplerSettings(timesteps=(1000, 500), seed=2)
+    shape = (1, 16, 12, H_LAT, W_LAT)
+    runner = ChunkRunner(model, dtype=torch.float32, fast=fast)
+    assert (runner.fast_path is not None) == fast, runner.fast_reason
+    got = generate(runner, ctx(), shape, st, spec)
+    ref = generate(ChunkRunner(dequantized(model), dtype=torch.float32, fast=False), ctx(), shape, st, spec)
+    assert rel(got.latent, ref.latent) < 1e-5
+    if fast:  # derived weights stay fp8: no full-precision copy of the block weights is made
+        lw = runner.fast_path.layer_weights(0, list(range(4)))
+        assert lw.qkv.w.dtype == torch.float8_e4m3fn and lw.o.w.dtype == torch.float8_e4m3fn
+
+
+def test_fp8_products_cast_or_fp8_matmul():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 48, generator=g)
+    scale = w.abs().max() / 448
+    q = (w / scale).to(torch.float8_e4m3fn)
+    x, b = torch.randn(2, 5, 48, generator=g), torch.randn(32, generator=g)
+    want = x @ (q.float() * scale).T + b
+    assert rel(fp8_linear(x, q, b, scale), want) < 1e-6
+    assert rel(fp8_linear(x, q, b, scale.expand(32), fp8_matmul=False), want) < 1e-6  # row-wise scales
+    # the fp8 product (torch._scaled_mm, here on the CPU): the input is rounded to e4m3 too
+    assert 1e-4 < rel(fp8_linear(x, q, b, scale, fp8_matmul=True), want) < 0.06
+    assert rel(fp8_linear(x, q, b, scale.expand(32), fp8_matmul=True), fp8_linear(x, q, b, scale, fp8_matmul=True)) \
+        < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs an fp8 GPU")
+def test_fp8_matmul_on_the_gpu_is_close_to_bf16():
+    model = quantize_fp8(make_tiny_wan(layers=2, heads=4, head_dim=32, seed=5, dtype=torch.bfloat16)).cuda()
+    st = SamplerSettings(timesteps=(1000, 500), seed=2)
+    shape = (1, 16, 6, 8, 8)
+    c = ctx().cuda()
+    runs = {}
+    for mm in (True, False):
+        runner = ChunkRunner(model, dtype=torch.bfloat16, fast=FastOptions(fp8_matmul=mm))
+        assert runner.fast_path is not None, runner.fast_reason
+        runs[mm] = generate(runner, c, shape, st).latent
+    ref = generate(ChunkRunner(dequantized(model).to("cuda", torch.float32), dtype=torch.float32, fast=False), c.float(),
+                   shape, st)
+    assert torch.isfinite(runs[True]).all()
+    assert rel(runs[False], ref.latent) < 0.03  # bf16 compute of the same fp8 weights
+    # fp8 products differ from the cast path (they are really used) yet stay close to it
+    assert 1e-4 < rel(runs[True], runs[False]) < 0.1
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_model_with_many_heads_and_14b_ratios(fast):
+    """40 x 40 heads, dim 5120, ffn 13824 in small: 4 layers x 10 heads of dim 8, ffn 2.7 x dim."""
+    from dummy_forcing_core.wan_model import WanConfig, WanModel
+
+    cfg = WanConfig(dim=80, ffn_dim=216, num_heads=10, num_layers=4, text_dim=32, freq_dim=32)
+    model = WanModel(cfg).init_random(3).double().eval()
+    spec = CacheSpec(dummy_forcing=DummyForcingConfig(dummy_heads=0.5, profile_sample_fraction=1.0))
+    st = SamplerSettings(timesteps=(1000, 500), seed=1)
+    shape = (1, 16, 12, H_LAT, W_LAT)
+    got = generate(ChunkRunner(model, fast=fast), ctx().double(), shape, st, spec)
+    ref = generate(ChunkRunner(model, fast=False), ctx().double(), shape, st, spec)
+    assert got.stats.fingerprint["num_heads"] == 10 and got.stats.fingerprint["head_dim"] == 8
+    assert sum(c.dummy for c in got.stats.type_counts()) == 20
+    assert rel(got.latent, ref.latent) < 1e-10
+
+
+class _PackedWeight(torch.Tensor):
+    """Stands for ComfyUI's QuantizedTensor: a tensor subclass reporting a plain dtype."""
+
+
+def test_a_tensor_subclass_weight_keeps_the_module_call():
+    model = make_tiny_wan(layers=2, heads=4, head_dim=16, seed=5, dtype=torch.float32)
+    q = model.blocks[1].self_attn.q
+    q.weight = torch.nn.Parameter(q.weight.data.as_subclass(_PackedWeight), requires_grad=False)
+    runner = ChunkRunner(model, dtype=torch.float32, fast=True)
+    assert runner.fast_path is None and "block 1" in runner.fast_reason
