@@ -18,6 +18,7 @@ Usage (GPU):  python bench/bench_big_fp8.py --out bench/results_big_fp8.json --t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import gc
@@ -65,6 +66,42 @@ def random_model(cfg: WanConfig, dev, dtype, seed=0) -> WanModel:
     return model.eval().requires_grad_(False)
 
 
+@contextlib.contextmanager
+def memory_trace(runner, dev, events: list):
+    """Record (what, first frame, peak bytes since the previous event) for every pass of
+    ``runner`` and every KV regroup (the instance's forward and KVCache.regroup are wrapped
+    for the duration; bench only)."""
+    from dummy_forcing_core.kv_cache import KVCache
+
+    forward, regroup = runner.forward, KVCache.regroup
+
+    def peak():
+        if dev.type != "cuda":
+            return 0
+        sync(dev)
+        p = torch.cuda.max_memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        return p
+
+    def traced_forward(x, t, start_frame, *a, **k):
+        out = forward(x, t, start_frame, *a, **k)
+        events.append(("commit" if k.get("commit") else "pass", int(start_frame), peak()))
+        return out
+
+    def traced_regroup(self, *a, **k):
+        out = regroup(self, *a, **k)
+        events.append(("regroup", int(self.history), peak()))
+        return out
+
+    runner.forward = traced_forward
+    KVCache.regroup = traced_regroup
+    try:
+        yield events
+    finally:
+        del runner.forward
+        KVCache.regroup = regroup
+
+
 def param_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
         b.numel() * b.element_size() for b in model.buffers())
@@ -79,6 +116,8 @@ def main(argv=None):
     ap.add_argument("--skip-small", action="store_true")
     ap.add_argument("--time-budget", type=float, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--memory-only", action="store_true",
+                    help="14B fp8 Dummy Forcing at 480p only, with a per-pass peak-memory trace (graphs on and off)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     dev = torch.device(args.device)
@@ -100,15 +139,22 @@ def main(argv=None):
             "command": "python bench/bench_big_fp8.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     log(f"card: {card} | torch {torch.__version__} | {meta['date']} | fp8 matmul available: {meta['fp8_matmul_available']}")
 
-    def measure(model, label, weights, fast, res, variant, ctx, keep=False):
+    def measure(model, label, weights, fast, res, variant, ctx, keep=False, trace=False):
         if over():
             log(f"time budget reached: skipping {label} {weights} {res} {variant}")
             return None
         runner = ChunkRunner(model, dtype=dtype, device=dev, fast=fast)
         hw = res_table[res]
+        events = []
         try:
             w = warmup(runner, ctx, hw, [variant], dev, args.frames)
-            row, out = run_variant(runner, ctx, hw, args.frames, variant, dev)
+            with (memory_trace(runner, dev, events) if trace else contextlib.nullcontext()):
+                row, out = run_variant(runner, ctx, hw, args.frames, variant, dev)
+            if trace:
+                row["memory_trace"] = events
+                if dev.type == "cuda":  # the trace resets the peak at every event: the run's peak is their max
+                    row["peak_bytes"] = max(e[2] for e in events)
+                log("   peak per step (GiB): " + " ".join(f"{e[0]}@{e[1]}:{e[2] / 2 ** 30:.1f}" for e in events))
         except torch.cuda.OutOfMemoryError:
             row, out, w = {"variant": variant, "error": "OOM"}, None, 0.0
         except Exception as err:  # noqa: BLE001 - report and go on
@@ -133,6 +179,21 @@ def main(argv=None):
             torch.cuda.empty_cache()
         return (row, out.latent if out is not None and keep else None)
 
+    if args.memory_only:
+        cfg = TINY_BIG if args.tiny else WAN21_14B
+        ctx = torch.randn(1, 16 if args.tiny else 512, cfg.text_dim, generator=torch.Generator().manual_seed(1)).to(dev, dtype)
+        big = quantize_fp8(random_model(cfg, dev, dtype))
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        meta["big_fp8_weight_bytes"] = param_bytes(big)
+        log(f"\n## 14B fp8 weights {param_bytes(big) / 2 ** 30:.2f} GiB: peak memory per pass, 480p Dummy Forcing")
+        for weights, fast in (("fp8 matmul", FastOptions(fp8_matmul=True)),
+                              ("fp8 mm, no graphs", FastOptions(fp8_matmul=True, cuda_graphs=False))):
+            measure(big, "14B", weights, fast, "480p", "df", ctx, trace=True)
+        del big
+        args.skip_small, args.big_resolutions = True, ""
+
     # -- 1.3B: fp8 products vs bf16 --------------------------------------------------------------
     if not args.skip_small:
         cfg = TINY if args.tiny else WAN21_1_3B
@@ -154,7 +215,7 @@ def main(argv=None):
     # -- 14B: bf16, then the same model in scaled fp8 ---------------------------------------------
     cfg = TINY_BIG if args.tiny else WAN21_14B
     ctx = torch.randn(1, 16 if args.tiny else 512, cfg.text_dim, generator=torch.Generator().manual_seed(1)).to(dev, dtype)
-    if not over():
+    if not over() and args.big_resolutions:
         t = time.perf_counter()
         big = random_model(cfg, dev, dtype)
         sync(dev)

@@ -214,7 +214,8 @@ class DummyForcingPolicy:
         heads = self.geometry.total_heads
         kept = self.num_dummy * cap[HeadType.DUMMY] + (heads - self.num_dummy) * max(cap[HeadType.SINK],
                                                                                       cap[HeadType.NEIGHBOR])
-        return heads * self.base_capacity() + kept  # both layouts exist while regrouping
+        base, per_layer = heads * self.base_capacity(), self.geometry.num_heads * self.base_capacity()
+        return max(base, kept + per_layer)  # regrouping holds both layouts for one layer at a time
 
     def probe_for(self, chunk: int):
         first = chunk == self.cfg.ar_start and self.cfg.head_profile is None

@@ -370,15 +370,33 @@ class KVCache:
         prompt switch's retained frames); this cache keeps its history."""
         if len(specs) != len(self.layers):
             raise ValueError(f"need group specs for {len(self.layers)} layers, got {len(specs)}")
-        new_layers = []
-        for i, (layer, layer_specs) in enumerate(zip(self.layers, specs)):
+
+        def where_of(i: int) -> dict:
             if source is None:
-                where = {h: (g, row) for g in layer.groups for row, h in enumerate(g.head_list)}
-            else:
-                mapped = _FrameMapped(source.layers[i].groups[0], source_frames)
-                where = {h: (mapped, h) for h in range(layer.num_heads)}
-            new_layers.append(self._build_layer(layer, layer_specs, where))
-        self.layers = new_layers  # only now: a failure above leaves the cache as it was
+                return {h: (g, row) for g in self.layers[i].groups for row, h in enumerate(g.head_list)}
+            mapped = _FrameMapped(source.layers[i].groups[0], source_frames)
+            return {h: (mapped, h) for h in range(self.layers[i].num_heads)}
+
+        for i, layer_specs in enumerate(specs):  # every check first: a bad spec leaves the cache as it was
+            self._check_layer(layer_specs, where_of(i))
+        # then layer by layer, each old layer dropped once its copy exists: both layouts are
+        # held for one layer at a time, not for the whole model (a 14B model at 480p: ~6 GiB)
+        for i, layer_specs in enumerate(specs):
+            self.layers[i] = self._build_layer(self.layers[i], layer_specs, where_of(i))
+
+    def _check_layer(self, specs: list[GroupSpec], where: dict):
+        for spec in specs:
+            if sum(n for n, _ in spec.runs) != len(spec.heads):
+                raise ValueError("group runs must cover its heads exactly")
+            if len({ret.kept(self.history) for _, ret in spec.runs}) > 1:
+                raise ValueError(f"rows of one group must hold equal frame counts, got "
+                                 f"{sorted({ret.kept(self.history) for _, ret in spec.runs})}")
+            rets = [ret for n, ret in spec.runs for _ in range(n)]
+            for h, ret in zip(spec.heads, rets):
+                src, src_row = where[h]
+                missing = sorted(set(ret.kept_frame_ids(self.history)) - set(src.frame_ids(src_row)))
+                if missing:
+                    raise ValueError(f"cannot regroup: head {h} needs frames {missing} that the cache no longer holds")
 
     def _build_layer(self, layer: LayerCache, specs: list[GroupSpec], where: dict) -> LayerCache:
         """``where[head] = (source group, row)``: where each head's kept frames are read from."""

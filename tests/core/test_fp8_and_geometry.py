@@ -69,10 +69,18 @@ def test_fp8_products_cast_or_fp8_matmul():
     want = x @ (q.float() * scale).T + b
     assert rel(fp8_linear(x, q, b, scale), want) < 1e-6
     assert rel(fp8_linear(x, q, b, scale.expand(32), fp8_matmul=False), want) < 1e-6  # row-wise scales
-    # the fp8 product (torch._scaled_mm, here on the CPU): the input is rounded to e4m3 too
-    assert 1e-4 < rel(fp8_linear(x, q, b, scale, fp8_matmul=True), want) < 0.06
-    assert rel(fp8_linear(x, q, b, scale.expand(32), fp8_matmul=True), fp8_linear(x, q, b, scale, fp8_matmul=True)) \
-        < 1e-5
+    # the fp8 product (torch._scaled_mm; on the GPU where it has one): the input is rounded to e4m3 too
+    dev = "cuda" if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9) else "cpu"
+    x, q, b, scale, want = (t.to(dev) for t in (x, q, b, scale, want))
+    if dev == "cuda":
+        x, b = x.bfloat16(), b.bfloat16()
+    try:
+        one = fp8_linear(x, q, b, scale, fp8_matmul=True)
+    except (RuntimeError, NotImplementedError) as err:  # older torch: no fp8 product on the CPU
+        pytest.skip(f"torch._scaled_mm on {dev}: {err}")
+    assert 1e-4 < rel(one, want) < 0.06
+    # row-wise scales: the same product (on the GPU another kernel, bf16 out: rounding apart)
+    assert rel(fp8_linear(x, q, b, scale.expand(32), fp8_matmul=True), one) < (1e-2 if dev == "cuda" else 1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),

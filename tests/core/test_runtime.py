@@ -4,7 +4,7 @@ import torch
 
 from helpers import make_tiny_wan
 from dummy_forcing_core.attention import attend
-from dummy_forcing_core.kv_cache import FULL, KVCache, Retention, kv_bytes
+from dummy_forcing_core.kv_cache import FULL, GroupSpec, KVCache, Retention, kv_bytes
 from dummy_forcing_core.rope import apply_rope, rope_table
 from dummy_forcing_core.chunk_plan import plan_chunks
 from dummy_forcing_core.sampler import SamplerSettings, flow_sigmas, generate
@@ -273,3 +273,39 @@ def test_context_timestep_renoises_the_cached_chunk(model):
     clean = generate(ChunkRunner(model), ctx, shape, SamplerSettings(chunk_frames=2, timesteps=(1000, 500), seed=13))
     assert rel(res.latent[:, :, 2:], clean.latent[:, :, 2:]) > 1e-3  # the context really was re-noised
     assert torch.equal(res.latent[:, :, :2], clean.latent[:, :, :2])  # the first chunk sees no context
+
+
+def test_regroup_holds_both_layouts_one_layer_at_a_time(monkeypatch):
+    L, H, D, c, Fr = 4, 4, 8, 3, 12
+    cache = KVCache.create(L, H, D, TPF, c, Fr, FULL)
+    k = torch.randn(1, c * TPF, H, D)
+    for _ in range(2):
+        for i in range(L):
+            attend(cache, i, k, k, k)
+        cache.commit()
+    keep = [torch.cat([g.k for g in layer.groups], 1)[:, :, : 6 * TPF].clone() for layer in cache.layers]
+    window = Retention(1, 3)
+    specs = [[GroupSpec([0, 1], [(2, window)]), GroupSpec([2, 3], [(2, Retention(0, 0))])] for _ in range(L)]
+    bad = specs[:-1] + [[GroupSpec([0, 1, 2, 3], [(3, window)])]]  # the last layer's spec is broken
+    with pytest.raises(ValueError, match="cover its heads"):
+        cache.regroup(bad)
+    assert all(torch.equal(torch.cat([g.k for g in layer.groups], 1)[:, :, : 6 * TPF], kk)
+               for layer, kk in zip(cache.layers, keep))
+
+    base_layer = cache.layers[0].groups[0].allocated_bytes()
+    held = []
+    build = KVCache._build_layer
+
+    def counting(self, layer, layer_specs, where):
+        new = build(self, layer, layer_specs, where)
+        held.append(self.allocated_bytes() + sum(g.allocated_bytes() for g in new.groups))
+        return new
+
+    monkeypatch.setattr(KVCache, "_build_layer", counting)
+    cache.regroup(specs)
+    new_layer = sum(g.allocated_bytes() for g in cache.layers[0].groups)
+    # layer i built while layers i.. are still in the old layout and layers <i already new
+    assert held == [(L - i) * base_layer + (i + 1) * new_layer for i in range(L)]
+    frames = cache.layers[2].groups[0].frame_ids(0)
+    assert frames == [0, 3, 4, 5]
+    assert torch.equal(cache.layers[2].groups[0].k[:, :, : 4 * TPF], keep[2][:, :2, [*range(TPF), *range(3 * TPF, 6 * TPF)]])
