@@ -57,13 +57,16 @@ async def comfy_entrypoint():
 OUR_NODES = {
     "ARVideoSampler": ("AR Video Sampler", ["model", "positive", "latent", "seed", "denoise_timesteps", "steps",
                                             "shift", "frames_per_chunk", "cache", "sink_frames", "window_frames",
-                                            "context_timestep", "start_frames"], ["sigmas", "noise", "noise_layout"],
+                                            "context_timestep", "start_frames"],
+                       ["sigmas", "noise", "noise_layout", "recache_on_switch"],
                        ["LATENT", "DF_STATS"]),
     "ARCachePolicy": ("AR Cache Policy", ["model", "cache", "sink_frames", "window_frames"], [], ["MODEL"]),
     "ApplyDummyForcing": ("Apply Dummy Forcing", ["model", "dummy_heads", "dummy_head_count", "scope",
                                                   "normalised_cost", "ar_start", "neighbor_chunks", "sink_frames",
                                                   "context_packing", "profile_sample_fraction", "profile_seed",
-                                                  "long_context_frames"], ["head_profile"], ["MODEL"]),
+                                                  "long_context_frames"],
+                          ["head_profile", "reprofile_on_prompt_switch"], ["MODEL"]),
+    "ARPromptStart": ("AR Prompt Start", ["conditioning", "start", "unit"], [], ["CONDITIONING"]),
     "ProfileHeads": ("Profile Heads", ["model", "conditioning", "latent", "seed", "runs_per_prompt", "ar_start",
                                        "chunks_to_profile", "sink_frames", "frames_per_chunk", "denoise_timesteps",
                                        "steps", "shift", "sample_fraction", "preview_dummy_heads", "save_name"], [],
@@ -330,3 +333,29 @@ def test_cancel_while_sampling(server):
     ok = base_prompt()
     ok.update({"sample": sampler(("unet", 0)), "stats": stats("sample")})
     run_ok(server, ok)
+
+
+def test_prompt_switch_through_core_conditioning_combine(server):
+    """AR Prompt Start + ComfyUI's own Conditioning (Combine): the tag survives core's
+    conditioning plumbing; frames before the switch equal the single-prompt video."""
+    def prompt(switch: bool, prefix: str):
+        p = base_prompt()
+        p.update({"df": apply(), "save": save_latent("sample", prefix), "stats": stats("sample")})
+        if switch:
+            p["text2"] = {"class_type": "DFTestTextContext", "inputs": {"seed": 2, "tokens": 16, "batch": 1}}
+            p["start2"] = {"class_type": "ARPromptStart",
+                           "inputs": {"conditioning": ["text2", 0], "start": 3.0, "unit": "latent frames"}}
+            p["both"] = {"class_type": "ConditioningCombine",
+                         "inputs": {"conditioning_1": ["text", 0], "conditioning_2": ["start2", 0]}}
+            p["sample"] = sampler(("df", 0), positive=["both", 0], recache_on_switch=True)
+        else:
+            p["sample"] = sampler(("df", 0))
+        return p
+
+    res = run_ok(server, prompt(True, "latents/switch"))
+    assert "prompt switch" in res.outputs["stats"]["text"][0]
+    got = saved_latent(server, "latents/switch")
+    run_ok(server, prompt(False, "latents/no_switch"))
+    ref = saved_latent(server, "latents/no_switch")
+    assert torch.equal(got[:, :, :3], ref[:, :, :3])
+    assert float((got[:, :, 3:] - ref[:, :, 3:]).abs().max()) > 1e-3 * float(ref.abs().max())

@@ -10,10 +10,11 @@ from safetensors import safe_open
 from harness import PACK_NAME, REPO_ROOT, TINY_WAN_NAME
 
 # ---------------------------------------------------------------------------------------------
-# OUR NODES. Node ids this pack must register in ComfyUI. While REQUIRE_OUR_NODES is False the
-# test only checks the ones that are present; set it to True once nodes/ and __init__.py exist.
-OUR_NODE_IDS = ["ARVideoSampler", "ApplyDummyForcing", "ProfileHeads", "CacheStats", "LoadHeadProfile"]
-REQUIRE_OUR_NODES = False
+# OUR NODES. Node ids this pack must register in ComfyUI (test_pack_nodes.py checks each
+# node's sockets and widgets).
+OUR_NODE_IDS = ["ARVideoSampler", "ApplyDummyForcing", "ARCachePolicy", "ARPromptStart", "ProfileHeads", "CacheStats",
+                "LoadHeadProfile"]
+REQUIRE_OUR_NODES = True
 # ---------------------------------------------------------------------------------------------
 
 
