@@ -120,6 +120,22 @@ for sub, names in placeholders.items():
     os.makedirs(os.path.join(srv.base_dir, "models", sub), exist_ok=True)
     for n in names:
         open(os.path.join(srv.base_dir, "models", sub, n), "wb").close()
+# a tiny random Wan2.1 VAE (ComfyUI reads its width from the weights) for the image-to-video run
+try:
+    sys.path.insert(0, os.environ["COMFYUI_DIR"])
+    sys.argv = [sys.argv[0], "--cpu"]
+    import comfy.options
+    comfy.options.enable_args_parsing()
+    import torch
+    from comfy.ldm.wan.vae import WanVAE
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    vae = WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                 temperal_downsample=[False, True, True], dropout=0.0)
+    sd = {k: (torch.randn_like(v) * 0.05 if v.ndim > 1 else torch.ones_like(v)).contiguous() for k, v in vae.state_dict().items()}
+    save_file(sd, os.path.join(srv.base_dir, "models", "vae", "tiny_wan_vae.safetensors"))
+except Exception as err:  # the load checks still run; the image-to-video run is skipped
+    print("no tiny VAE:", err, file=sys.stderr)
 # the start image of the image-to-video workflow, as a user would have put it in input/
 from PIL import Image
 os.makedirs(os.path.join(srv.base_dir, "input"), exist_ok=True)
@@ -295,7 +311,8 @@ async function checkWorkflow(page, url, name, defs, templatesList) {
     if (fn.has_errors) problem(`${where}: has_errors`);
     if ((fn.mode || 0) !== (jn.mode || 0)) problem(`${where}: mode ${fn.mode}, file ${jn.mode}`);
     const jv = jn.widgets_values || [];
-    const shown = fn.widgets.filter((w) => w.name !== REPORT_WIDGET);
+    // "$$..." widgets are the frontend's own (e.g. LoadImage's image preview): never saved or sent
+    const shown = fn.widgets.filter((w) => w.name !== REPORT_WIDGET && !String(w.name).startsWith("$$"));
     const values = shown.map((w) => w.value);
     const core = !FRONTEND_ONLY.has(jn.type) && defs[jn.type] && !String(defs[jn.type].python_module).startsWith("custom_nodes.");
     const appended = (got) => core && got.length > jv.length && same(got.slice(0, jv.length), jv);
@@ -368,6 +385,66 @@ async function checkWorkflow(page, url, name, defs, templatesList) {
     if (REPORT_WIDGET in p.inputs) problem(`${name}: ${REPORT_WIDGET} sent in the prompt`);
   }
   console.log(`${name}: ${graph.length} nodes, missing types ${JSON.stringify(r.missing_node_types)}, dialogs ${r.dialogs.length}, toasts ${r.toasts.length}`);
+}
+
+// ------------------------------------------------------------------------------------ image-to-video run
+// causal_forcing_i2v_dummy_forcing.json as loaded, on the tiny causal checkpoint and a tiny random
+// VAE (64x64, 21 frames), a random text conditioning instead of umT5 (CLIP nodes muted): core's
+// SamplerCustomAdvanced + Sampler AR Video with Apply Dummy Forcing, queued from the page.
+async function runCheckI2V(page) {
+  const json = JSON.parse(fs.readFileSync(path.join(REPO, "workflows", "causal_forcing_i2v_dummy_forcing.json"), "utf8"));
+  await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, "run_check_i2v.json"); }, json);
+  await sleep(800);
+  await closeDialogs(page);
+  const ids = await page.evaluate(() => {
+    const LG = window.LiteGraph, g = window.app.graph;
+    const find = (t) => g._nodes.find((n) => n.type === t);
+    const setW = (n, name, v) => { const w = n.widgets.find((x) => x.name === name); w.value = v; w.callback?.(v); };
+    setW(find("UNETLoader"), "unet_name", "tiny_wan_causal.safetensors");
+    setW(find("VAELoader"), "vae_name", "tiny_wan_vae.safetensors");
+    const i2v = find("ARVideoI2V");
+    setW(i2v, "width", 64); setW(i2v, "height", 64); setW(i2v, "length", 21);
+    find("CLIPLoader").mode = 2;
+    for (const n of g._nodes.filter((n) => n.type === "CLIPTextEncode")) n.mode = 2;
+    const text = LG.createNode("DFTestTextContext");
+    text.pos = [i2v.pos[0], i2v.pos[1] + i2v.size[1] + 80];
+    g.add(text);
+    const guider = find("CFGGuider");
+    text.connect(0, guider, "positive");
+    text.connect(0, guider, "negative");
+    g.setDirtyCanvas(true, true);
+    return { stats: find("CacheStats").id, save: find("SaveVideo").id };
+  });
+  const result = await page.evaluate(async (ids) => {
+    const api = window.app.api;
+    const events = [];
+    const done = new Promise((resolve) => {
+      const onEv = (name) => (e) => {
+        events.push({ name, node: e.detail?.node ?? e.detail?.node_id, text: e.detail?.output?.text,
+                      error: e.detail?.exception_message });
+        if (name !== "executed") resolve();
+      };
+      api.addEventListener("executed", onEv("executed"));
+      api.addEventListener("execution_success", onEv("execution_success"));
+      api.addEventListener("execution_error", onEv("execution_error"));
+    });
+    await window.app.queuePrompt(0, 1);
+    await Promise.race([done, new Promise((r) => setTimeout(r, 240000))]);
+    await new Promise((r) => setTimeout(r, 1500));
+    const w = window.app.graph.getNodeById(ids.stats).widgets?.find((x) => x.name === "df_report");
+    return { events, stats_text: w?.value };
+  }, ids);
+  report.run_i2v = result;
+  const last = result.events[result.events.length - 1];
+  if (!last || last.name !== "execution_success") problem(`run i2v: did not succeed: ${JSON.stringify(last)}`);
+  const text = String(result.stats_text || "");
+  for (const must of ["loop: ComfyUI Sampler AR Video", "dummy forcing: dummy heads 0.5", "per-head cache from chunk 2"])
+    if (!text.includes(must)) problem(`run i2v: Cache Stats text does not contain ${JSON.stringify(must)}: ${text.slice(0, 300)}`);
+  if (!result.events.some((e) => e.name === "executed" && String(e.node) === String(ids.save)))
+    problem("run i2v: SaveVideo produced no output");
+  await fitView(page);
+  await page.screenshot({ path: path.join(OUT, "run_i2v_graph.png") });
+  console.log(`run i2v: ${last?.name}; Cache Stats: ${text.split("\n").slice(0, 4).join(" | ")}`);
 }
 
 // ------------------------------------------------------------------------------------ run check
@@ -551,6 +628,9 @@ async function nodeShot(page, id, file, pad = 24) {
 
     if (defs.DFTestTextContext && (defs.UNETLoader.input.required.unet_name[0] || []).includes("tiny_wan_t2v.safetensors")) {
       await runCheck(page, url, server);
+      if ((defs.VAELoader.input.required.vae_name[0] || []).includes("tiny_wan_vae.safetensors") && defs.ARVideoI2V)
+        await runCheckI2V(page);
+      else console.log("image-to-video run skipped: no tiny VAE or no ARVideoI2V (ComfyUI < 0.21)");
     } else {
       console.log("run check skipped: no tiny checkpoint / DFTestTextContext on this server");
     }

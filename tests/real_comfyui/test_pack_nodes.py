@@ -359,3 +359,19 @@ def test_prompt_switch_through_core_conditioning_combine(server):
     ref = saved_latent(server, "latents/no_switch")
     assert torch.equal(got[:, :, :3], ref[:, :, :3])
     assert float((got[:, :, 3:] - ref[:, :, 3:]).abs().max()) > 1e-3 * float(ref.abs().max())
+
+
+def test_fp8_weights_from_comfys_loader(server):
+    """UNETLoader weight_dtype fp8_e4m3fn (ComfyUI's own fp8 storage, cast per layer): AR Video
+    Sampler with Dummy Forcing runs on it and stays close to the default-dtype video."""
+    def prompt(dtype, prefix):
+        p = base_prompt()
+        p["unet"]["inputs"]["weight_dtype"] = dtype
+        p.update({"df": apply(), "sample": sampler(("df", 0)), "save": save_latent("sample", prefix)})
+        return p
+
+    run_ok(server, prompt("fp8_e4m3fn", "latents/fp8"))
+    run_ok(server, prompt("default", "latents/bf_ref"))
+    got, ref = saved_latent(server, "latents/fp8"), saved_latent(server, "latents/bf_ref")
+    assert torch.isfinite(got).all() and not torch.equal(got, ref)  # the weights really were rounded
+    assert float((got - ref).norm() / ref.norm()) < 0.15
