@@ -1,7 +1,8 @@
 """Quality of Dummy Forcing on the shipped tiny model, against the full KV cache.
 
-    python -m dummy_forcing_core.tiny.evaluate            # ~5 min on a CPU; writes docs/tiny_eval.{md,json}
-    python -m dummy_forcing_core.tiny.evaluate --quick    # 2 prompts x 1 seed, to try it
+    python -m dummy_forcing_core.tiny.evaluate                # 256 videos -> out/tiny_eval.{md,json}, out/tiny_head_*
+    python -m dummy_forcing_core.tiny.evaluate --quick        # 2 prompts x 1 seed (32 videos), to try it
+    python -m dummy_forcing_core.tiny.evaluate --write-docs   # the shipped docs/tiny_eval.*, assets/tiny_model/head_*
 
 Fixed prompts (clips 0..N-1 of the world with seed 2027, 1-3 objects each) x seeds. For every
 (prompt, seed) the full-cache video is the reference; each setting below generates with the
@@ -17,6 +18,7 @@ Measures: PSNR and SSIM to the full-cache video; the world metrics of
 bytes held at the end; attention FLOPs; median steady chunk time (CPU: indicative only).
 Also profiles the model's heads offline over the same prompts (chunk 1's clean pass) and
 writes the head map, and measures how stable the online dummy set is across prompts/seeds.
+A 24-frame video takes about 1.7 s on two idle CPU cores, many times that on a busy one.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -46,10 +49,43 @@ from .dataset import ShapesWorld
 from .metrics import mean_metrics, psnr, ssim, world_metrics
 from .model import DEFAULT_PATH, load_tiny
 
-__all__ = ["EVAL_WORLD_SEED", "eval_prompts", "settings_grid", "evaluate", "main"]
+__all__ = ["EVAL_WORLD_SEED", "Progress", "eval_prompts", "settings_grid", "evaluate", "output_paths", "main"]
 
 EVAL_WORLD_SEED = 2027
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Progress:
+    """Progress over ``total`` steps on stderr: a tqdm bar when tqdm is installed, else a plain
+    flushed line at the first step and then at most every ``every`` seconds, with the time
+    spent and an estimate of the time left."""
+
+    def __init__(self, total: int, desc: str = "", every: float = 15.0, stream=None):
+        self.total, self.done, self.every, self.stream = total, 0, every, stream or sys.stderr
+        self.t0, self.last = time.perf_counter(), -math.inf
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self.bar = None
+        else:
+            self.bar = tqdm(total=total, desc=desc, file=self.stream, dynamic_ncols=True)
+
+    def step(self, note: str = "") -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(note, refresh=False)
+            self.bar.update(1)
+            return
+        spent = time.perf_counter() - self.t0
+        if spent - self.last >= self.every or self.done == self.total:
+            self.last = spent
+            left = spent / self.done * (self.total - self.done)
+            print(f"[{self.done}/{self.total}] {note} ({spent:.0f} s, about {left:.0f} s left)", file=self.stream,
+                  flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def eval_prompts(n: int, frames: int = 24, size: int = 32) -> list[tuple[str, torch.Tensor]]:
@@ -86,15 +122,28 @@ def _dummy_overlap(assignments: list[list[list[int]]]) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, text, n_prompts: int = 8, seeds=(0, 1), frames: int = 24, device="cpu", progress=print) -> dict:
+def evaluate(model, text, n_prompts: int = 8, seeds=(0, 1), frames: int = 24, device="cpu",
+             progress: bool = False) -> dict:
+    """Run the settings grid and the head profile; with ``progress``, a :class:`Progress`
+    line (or bar) on stderr steps once per video generated."""
+    runner = ChunkRunner(model, device=device)
+    grid = settings_grid(runner.geometry)
+    bar = Progress(n_prompts * len(seeds) * (len(grid) + 1), "tiny evaluate") if progress else None
+    try:
+        return _evaluate(model, text, runner, grid, n_prompts, seeds, frames, device,
+                         bar.step if bar else lambda note: None)
+    finally:
+        if bar:
+            bar.close()
+
+
+def _evaluate(model, text, runner, grid, n_prompts, seeds, frames, device, step) -> dict:
     cfg = model.tiny_config
     codec = PixelCodec(cfg["codec"]["factor"])
     size = cfg["data"]["size"]
     C, _, h, w = codec.latent_shape(frames, size, size)
     chunk = cfg["train"]["chunk_frames"]
-    runner = ChunkRunner(model, device=device)
     geometry = runner.geometry
-    grid = settings_grid(geometry)
     prompts = eval_prompts(n_prompts, frames, size)
     shape = (1, C, frames, h, w)
     gt_world = [world_metrics(v, p, chunk=chunk) for p, v in prompts]
@@ -124,10 +173,10 @@ def evaluate(model, text, n_prompts: int = 8, seeds=(0, 1), frames: int = 24, de
                     f0 = s.switch_chunk * chunk
                     row["psnr_after_switch"] = psnr(video[:, f0:], ref[:, f0:])
                 per[g["name"]].append(row)
+                step(f"prompt {pi + 1}/{len(prompts)} seed {seed}: {g['name']}")
                 if g["df"] is not None and g.get("fraction") == 0.5 and g.get("L") == 1 and g.get("packing") \
                         and not g.get("random"):
                     online_types.append(s.head_types)
-        progress(f"prompt {pi + 1}/{len(prompts)} done ({time.perf_counter() - t_all:.0f} s)")
 
     table = []
     for g in grid:
@@ -136,8 +185,18 @@ def evaluate(model, text, n_prompts: int = 8, seeds=(0, 1), frames: int = 24, de
         m["psnr_min"] = float(min(r["psnr"] for r in per[g["name"]]))
         table.append(m)
 
+    started = []
+
+    def profiling_step(ev):  # a profiling video may stop early, so step as the next one starts
+        if ev.chunk == 0 and ev.step == 0:
+            if started:
+                step("profiling heads")
+            started.append(ev)
+
     profile = profile_heads(runner, [text.encode([p]).to(device) for p, _ in prompts], shape,
-                            SamplerSettings(chunk_frames=chunk), list(seeds), ProfilingSpec.create(geometry))
+                            SamplerSettings(chunk_frames=chunk), list(seeds), ProfilingSpec.create(geometry),
+                            callback=profiling_step)
+    step("profiling heads")
     assign50 = profile.assign(0.5)
     scores = profile.scores
     return {
@@ -167,7 +226,8 @@ def _fmt(v, spec):
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
-def to_markdown(res: dict) -> str:
+def to_markdown(res: dict, head_map: str = "../assets/tiny_model/head_map.png") -> str:
+    """The results as markdown; ``head_map``: the head map image's link from the markdown file."""
     s = res["setup"]
     gt = res["ground_truth_world"]
     lines = [
@@ -218,7 +278,7 @@ def to_markdown(res: dict) -> str:
         f"Online dummy sets at 50% overlap {hp['online_dummy_overlap_50']:.2f} between videos "
         f"(mean pairwise |A & B| / |A| over {hp['online_runs']} runs).",
         "",
-        "![head map](../assets/tiny_model/head_map.png)",
+        f"![head map]({head_map})",
         "",
         "```",
         hp["summary"],
@@ -228,49 +288,87 @@ def to_markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--frames", type=int, default=24)
+def output_paths(write_docs: bool) -> dict:
+    """Where results go: out/ (under the working directory), or the shipped docs and assets."""
+    if write_docs:
+        return {"json": os.path.join(ROOT, "docs", "tiny_eval.json"), "md": os.path.join(ROOT, "docs", "tiny_eval.md"),
+                "head_map": os.path.join(ROOT, "assets", "tiny_model", "head_map.png"),
+                "head_profile": os.path.join(ROOT, "assets", "tiny_model", "head_profile.safetensors")}
+    return {"json": os.path.join("out", "tiny_eval.json"), "md": os.path.join("out", "tiny_eval.md"),
+            "head_map": os.path.join("out", "tiny_head_map.png"),
+            "head_profile": os.path.join("out", "tiny_head_profile.safetensors")}
+
+
+def _markdown(args, res: dict) -> str:
+    """The markdown, linking the head map relative to where the markdown goes."""
+    link = os.path.relpath(os.path.abspath(args.head_map), os.path.dirname(os.path.abspath(args.md)))
+    return to_markdown(res, link.replace(os.sep, "/"))
+
+
+def _write_text(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _write(args, res: dict, profile: HeadProfile) -> str:
+    for path in (args.head_map, args.head_profile):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    profile.save(args.head_profile)
+    img = head_map_image(profile.scores, torch.tensor(res["head_profile"]["assign_50"]), cell=24)
+    Image.fromarray(img).save(args.head_map)
+    md = _markdown(args, res)
+    _write_text(args.json, json.dumps(res, indent=1))
+    _write_text(args.md, md)
+    return md
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m dummy_forcing_core.tiny.evaluate",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompts", type=int, default=8, help="evaluation prompts: clips 0..N-1 of the eval world (8)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="noise seeds per prompt (0 1)")
+    ap.add_argument("--frames", type=int, default=24, help="frames per video (24)")
     ap.add_argument("--quick", action="store_true", help="2 prompts x 1 seed")
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", default=os.path.join(ROOT, "docs", "tiny_eval.json"))
-    ap.add_argument("--md", default=os.path.join(ROOT, "docs", "tiny_eval.md"))
-    ap.add_argument("--head-map", default=os.path.join(ROOT, "assets", "tiny_model", "head_map.png"))
-    ap.add_argument("--head-profile", default=os.path.join(ROOT, "assets", "tiny_model", "head_profile.safetensors"))
+    ap.add_argument("--model", default=None, help="tiny model file (the shipped one)")
+    ap.add_argument("--device", default="cpu", help="torch device (cpu)")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="write the shipped docs/tiny_eval.{md,json} and assets/tiny_model/head_map.png, "
+                         "head_profile.safetensors instead of out/tiny_eval.{md,json}, out/tiny_head_*")
+    for name in ("json", "md", "head-map", "head-profile"):
+        ap.add_argument(f"--{name}", default=None, help=f"write the {name} here instead")
     ap.add_argument("--render", default=None, metavar="JSON", help="only re-write the markdown from a results JSON")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    t0 = time.perf_counter()
+    args = _parser().parse_args(argv)
+    for key, path in output_paths(args.write_docs).items():
+        if getattr(args, key) is None:
+            setattr(args, key, path)
     if args.render:
         with open(args.render) as f:
-            md = to_markdown(json.load(f))
-        with open(args.md, "w") as f:
-            f.write(md)
+            md = _markdown(args, json.load(f))
+        _write_text(args.md, md)
         print(md)
         return None
     if args.quick:
         args.prompts, args.seeds = 2, [0]
+    print(f"tiny evaluate: {args.prompts} prompts x {len(args.seeds)} seeds, {args.frames} frames; every setting "
+          f"of the grid, then head profiling; results -> {args.md}", file=sys.stderr, flush=True)
     model, text = load_tiny(args.model, device=args.device)
-    res = evaluate(model, text, args.prompts, args.seeds, args.frames, args.device)
-    profile = res.pop("_profile")
-    for path in (args.json, args.md, args.head_map, args.head_profile):
-        if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if args.head_profile:
-        profile.save(args.head_profile)
-    if args.head_map:
-        img = head_map_image(profile.scores, torch.tensor(res["head_profile"]["assign_50"]), cell=24)
-        Image.fromarray(img).save(args.head_map)
-    md = to_markdown(res)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(md)
+    res = evaluate(model, text, args.prompts, args.seeds, args.frames, args.device, progress=True)
+    md = _write(args, res, res.pop("_profile"))
     print(md)
+    print(f"wrote {args.md}, {args.json}, {args.head_map}, {args.head_profile}; "
+          f"total {_duration(time.perf_counter() - t0)}", file=sys.stderr, flush=True)
     return res
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
 
 
 if __name__ == "__main__":

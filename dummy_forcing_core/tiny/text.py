@@ -154,3 +154,8 @@ class TextEncoder(nn.Module):
     def unknown_words(self, prompt: str) -> list[str]:
         vocab = set(self.config.vocab)
         return [w for w in words_of(prompt, self.config.filler, self.config.synonyms) if w not in vocab]
+
+    def dropped_tokens(self, prompt: str) -> list[str]:
+        """The prompt's tokens (words and commas, filler dropped) past ``config.length``:
+        :meth:`tokenize` cuts them off, so the model never sees them."""
+        return words_of(prompt, self.config.filler, self.config.synonyms)[self.config.length:]

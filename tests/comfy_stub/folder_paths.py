@@ -11,12 +11,14 @@ get_save_image_path(filename_prefix, output_dir, image_width=0, image_height=0) 
 (full_output_folder, filename, counter, subfolder, filename_prefix).
 
 Stub-only: set_base_directory(path) re-roots everything (like `main.py --base-directory`); the
-default root is $COMFY_STUB_BASE_DIR or a fresh temp dir.
+default root is $COMFY_STUB_BASE_DIR or a fresh temp dir, removed when the process exits.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import time
 
@@ -56,7 +58,16 @@ def set_base_directory(path: str) -> None:
         os.makedirs(d, exist_ok=True)
 
 
-set_base_directory(os.environ.get("COMFY_STUB_BASE_DIR") or tempfile.mkdtemp(prefix="comfy_stub_"))
+def _default_base_directory() -> str:
+    """$COMFY_STUB_BASE_DIR (left alone), else a fresh temp dir that is removed at exit."""
+    if os.environ.get("COMFY_STUB_BASE_DIR"):
+        return os.environ["COMFY_STUB_BASE_DIR"]
+    path = tempfile.mkdtemp(prefix="comfy_stub_")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+set_base_directory(_default_base_directory())
 
 
 def map_legacy(folder_name: str) -> str:

@@ -315,7 +315,10 @@ def test_compute_dtype_follows_comfyui(stub_model_patcher):
 
 
 def test_fp8_fast_weight_dtype_asks_for_fp8_products(stub_model_patcher):
-    from nodes.comfy_glue import fp8_fast
+    import sys
+    from node_helpers import load_pack
+    load_pack()
+    fp8_fast = sys.modules["ComfyUI_Dummy_Forcing.nodes.comfy_glue"].fp8_fast
     m = stub_model_patcher(tiny_wan(), shift=5.0)
     assert not fp8_fast(m)
     m.model_options["fp8_optimizations"] = True  # UNETLoader weight_dtype fp8_e4m3fn_fast
