@@ -75,7 +75,9 @@ def attend(cache: KVCache, layer_index: int, q: torch.Tensor, k: torch.Tensor, v
     order = layer.order_index(q.device)
     grouped = attend_ordered(cache, layer_index, q.index_select(2, order), k.index_select(2, order),
                              v.index_select(2, order))
-    return torch.empty_like(grouped).index_copy_(2, order, grouped)
+    # a partial layer (heads split across processes): the heads held elsewhere come out 0
+    out = q.new_zeros(q.shape) if layer.partial else torch.empty_like(grouped)
+    return out.index_copy_(2, order, grouped)
 
 
 def attend_ordered(cache: KVCache, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

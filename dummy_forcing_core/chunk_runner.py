@@ -86,6 +86,10 @@ class ChunkRunner:
         return KVCache.create(g.num_layers, g.num_heads, g.head_dim, self.tokens_per_frame(height, width), chunk_frames,
                               total_frames, retention, batch, self.dtype, self.device, capacity_frames=capacity_frames)
 
+    def attend(self, cache: KVCache, layer: int, q, k, v, probe=None) -> torch.Tensor:
+        """The reference loop's self-attention of one layer ([B, L, H, D] in and out)."""
+        return attend(cache, layer, q, k, v, probe)
+
     def end_video(self) -> None:
         """Drop per-video state: the fused forward's CUDA graphs read the video's cache buffers
         and keep them (and their memory pools) alive until dropped. A video session calls this
@@ -127,7 +131,7 @@ class ChunkRunner:
         else:
             def self_attend(i, q, k, v):
                 p = None if probe is None else (lambda qq, kk, grp: probe(i, qq, kk, grp))
-                return attend(cache, i, q, k, v, p)
+                return self.attend(cache, i, q, k, v, p)
 
             out, grid = wan_forward(self.model, x, timesteps, text, rope, self_attend, self.dtype)
         if commit:

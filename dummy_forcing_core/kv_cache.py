@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -108,6 +108,18 @@ class GroupSpec:
 
     def capacity_for(self, total_frames: int, chunk_frames: int) -> int:
         return max(ret.capacity_for(total_frames, chunk_frames) for _, ret in self.runs)
+
+
+def restrict_spec(spec: GroupSpec, keep: set[int]) -> GroupSpec | None:
+    """The part of ``spec`` whose heads are in ``keep`` (runs keep their retentions), or None."""
+    heads, runs, row = [], [], 0
+    for n, ret in spec.runs:
+        kept = [h for h in spec.heads[row:row + n] if h in keep]
+        row += n
+        if kept:
+            heads += kept
+            runs.append((len(kept), ret))
+    return GroupSpec(heads, runs, spec.name) if heads else None
 
 
 _GROUP_IDS = itertools.count()
@@ -231,13 +243,17 @@ def _shift_left(buf: torch.Tensor, start: int, drop: int, keep: int):
 class LayerCache:
     """The head groups of one transformer block and their storage order."""
 
-    def __init__(self, groups: list[HeadGroup], num_heads: int):
+    def __init__(self, groups: list[HeadGroup], num_heads: int, heads: list[int] | None = None):
+        """``heads``: the heads this process holds when the layer's heads are split across
+        processes (``head_parallel.py``; default all ``num_heads``)."""
         self.groups = groups
         self.num_heads = num_heads
         covered = sorted(h for g in groups for h in g.head_list)
-        if covered != list(range(num_heads)):
-            raise ValueError(f"head groups must cover heads 0..{num_heads - 1} once each, got {covered}")
-        self.identity = len(groups) == 1 and groups[0].head_list == list(range(num_heads))
+        want = list(range(num_heads)) if heads is None else sorted(heads)
+        if covered != want:
+            raise ValueError(f"head groups must cover heads {want} once each, got {covered}")
+        self.partial = want != list(range(num_heads))  # the other heads live in other processes
+        self.identity = not self.partial and len(groups) == 1 and groups[0].head_list == list(range(num_heads))
         self.order: list[int] = [h for g in groups for h in g.head_list]
         self._order_index: torch.Tensor | None = None
         self.ranges: list[tuple[int, int]] = []
@@ -286,6 +302,11 @@ class KVCache:
     ``device``, ``flops`` (attention cost so far). ``history`` counts committed frames.
     Built by :meth:`create` with one group per layer (every head, one retention); possibly
     regrouped once per video.
+
+    Head-parallel (``head_parallel.py``): ``shard_heads(specs)`` -> heads per layer this process
+    keeps, asked at the first regroup that names every head; ``local_heads`` is its answer, and
+    from then on every layer holds only those heads (``LayerCache.partial``); ``all_specs`` is
+    the layout of all processes together.
     """
 
     layers: list[LayerCache]
@@ -298,6 +319,9 @@ class KVCache:
     dtype: torch.dtype
     device: torch.device
     flops: FlopCounter = field(default_factory=FlopCounter)
+    shard_heads: Callable[[list[list[GroupSpec]]], list[list[int]]] | None = None
+    local_heads: list[list[int]] | None = None
+    all_specs: list[list[GroupSpec]] | None = None
 
     @classmethod
     def create(cls, num_layers: int, num_heads: int, head_dim: int, tokens_per_frame: int,
@@ -356,7 +380,11 @@ class KVCache:
         return [[g.spec for g in layer.groups] for layer in self.layers]
 
     def kept_frames(self) -> list[int]:
-        """Every absolute frame some head holds now, in order."""
+        """Every absolute frame some head holds now, in order (head-parallel: some head of
+        any process, from the layout every process shares)."""
+        if self.all_specs is not None:
+            return sorted({f for layer in self.all_specs for sp in layer for _, ret in sp.runs
+                           for f in ret.kept_frame_ids(self.history)})
         return sorted(set().union(*(g.kept_frames() for layer in self.layers for g in layer.groups)))
 
     def regroup(self, specs: list[list[GroupSpec]], source: "KVCache | None" = None,
@@ -370,6 +398,15 @@ class KVCache:
         prompt switch's retained frames); this cache keeps its history."""
         if len(specs) != len(self.layers):
             raise ValueError(f"need group specs for {len(self.layers)} layers, got {len(specs)}")
+        if self.shard_heads is not None and all(sorted(h for sp in ls for h in sp.heads) == list(range(layer.num_heads))
+                                                for ls, layer in zip(specs, self.layers)):
+            if self.local_heads is not None and source is None:
+                raise ValueError("head-parallel cache: heads cannot move to other processes without a full source")
+            self.local_heads = self.shard_heads(specs)
+            self.all_specs = specs  # every process's layout: what kept_frames() answers from
+        if self.local_heads is not None:  # keep this process's heads only
+            specs = [[r for r in (restrict_spec(sp, set(self.local_heads[i])) for sp in ls) if r is not None]
+                     for i, ls in enumerate(specs)]
 
         def where_of(i: int) -> dict:
             if source is None:
@@ -382,7 +419,8 @@ class KVCache:
         # then layer by layer, each old layer dropped once its copy exists: both layouts are
         # held for one layer at a time, not for the whole model (a 14B model at 480p: ~6 GiB)
         for i, layer_specs in enumerate(specs):
-            self.layers[i] = self._build_layer(self.layers[i], layer_specs, where_of(i))
+            heads = None if self.local_heads is None else self.local_heads[i]
+            self.layers[i] = self._build_layer(self.layers[i], layer_specs, where_of(i), heads=heads)
 
     def _check_layer(self, specs: list[GroupSpec], where: dict):
         for spec in specs:
@@ -398,7 +436,8 @@ class KVCache:
                 if missing:
                     raise ValueError(f"cannot regroup: head {h} needs frames {missing} that the cache no longer holds")
 
-    def _build_layer(self, layer: LayerCache, specs: list[GroupSpec], where: dict) -> LayerCache:
+    def _build_layer(self, layer: LayerCache, specs: list[GroupSpec], where: dict,
+                     heads: list[int] | None = None) -> LayerCache:
         """``where[head] = (source group, row)``: where each head's kept frames are read from."""
         history = self.history
         tpf = self.tokens_per_frame
@@ -432,7 +471,7 @@ class KVCache:
                         else:
                             a[:, :, d0:d1].index_copy_(1, dst_rows, part)
             groups.append(g)
-        return LayerCache(groups, layer.num_heads)
+        return LayerCache(groups, layer.num_heads, heads)
 
     # -- bytes -----------------------------------------------------------------------------------
     def allocated_bytes(self) -> int:

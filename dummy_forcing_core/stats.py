@@ -47,6 +47,7 @@ class GenerationStats:
     attn_flops: int = 0
     attn_flops_full: int = 0
     prompt_switches: list[dict] = field(default_factory=list)  # chunk, frame, recache, passes, seconds, ...
+    ranks: list[dict] = field(default_factory=list)  # head-parallel: per rank heads_per_layer, kv_bytes, attn_flops
 
     @classmethod
     def start(cls, geometry, plan, base, dummy_forcing: dict | None, loop: str = "AR Video Sampler") -> "GenerationStats":
@@ -135,6 +136,10 @@ class GenerationStats:
             if sw.get("reprofiled"):
                 how += f"; heads re-profiled (dummy heads kept: {sw['dummy_overlap']:.0%})"
             lines.append(f"prompt switch at chunk {sw['chunk']} (latent frame {sw['frame']}): {how}")
+        for r in self.ranks:
+            lines.append(f"rank {r['rank']}: heads per layer {r['heads_per_layer']}, KV held {format_bytes(r['kv_bytes'])} "
+                         f"(allocated {format_bytes(r['kv_allocated_bytes'])}), self-attention FLOPs "
+                         f"{r['attn_flops'] / 1e9:.3f} G")
         counts = self.type_counts()
         if counts:
             lines.append("layer  sink  neighbor  dummy  KV held      KV full")

@@ -296,8 +296,8 @@ def test_regroup_holds_both_layouts_one_layer_at_a_time(monkeypatch):
     held = []
     build = KVCache._build_layer
 
-    def counting(self, layer, layer_specs, where):
-        new = build(self, layer, layer_specs, where)
+    def counting(self, layer, layer_specs, where, **kw):
+        new = build(self, layer, layer_specs, where, **kw)
         held.append(self.allocated_bytes() + sum(g.allocated_bytes() for g in new.groups))
         return new
 

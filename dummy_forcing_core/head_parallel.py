@@ -1,0 +1,160 @@
+"""One video on several processes: the attention heads split across ranks (torch.distributed).
+
+Every rank runs the same chunk loop on the same inputs (same seed, text and noise), so
+everything but self-attention is computed on each rank alike. Until the cache is regrouped
+(Dummy Forcing's ``ar_start``, before which heads are profiled) every rank holds the whole
+cache. At the regroup the heads of each layer are assigned to ranks by cost
+(:func:`assign_heads`: the frames a head attends over, i.e. its attention FLOPs and KV bytes,
+balanced per layer because every layer waits for all ranks), rank 0's assignment is broadcast,
+and each rank keeps only its heads' K/V (``KVCache.local_heads``). From then on a rank attends
+over its heads only and one all-reduce per layer ([B, L, H, D]; the others' heads are 0 in it)
+gives every rank the whole layer's output.
+
+The split is in the reference loop (``ChunkRunner.attend``); the fused forward is off on a
+head-parallel runner. Backend: NCCL on GPUs, gloo on CPUs.
+
+    python -m torch.distributed.run --nproc_per_node 2 -m dummy_forcing_core.head_parallel \\
+        --prompt "a big red circle at top left moving right fast, on a navy plain background"
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from safetensors.torch import save_file
+
+from .attention import attend
+from .cache_policy import CacheSpec
+from .chunk_runner import ChunkRunner
+from .dummy_forcing import DummyForcingConfig
+from .kv_cache import GroupSpec, KVCache
+from .sampler import SamplerSettings, generate
+from .tiny.codec import PixelCodec
+from .tiny.model import load_tiny
+
+__all__ = ["head_costs", "assign_heads", "HeadParallelRunner", "rank_stats", "main"]
+
+
+def head_costs(specs: list[list[GroupSpec]], total_frames: int, chunk_frames: int) -> list[list[int]]:
+    """[layer][head] -> frames the head attends over at most (what it keeps plus the chunk):
+    its share of a layer's attention FLOPs and of the KV bytes."""
+    costs = []
+    for layer_specs in specs:
+        row: dict[int, int] = {}
+        for spec in layer_specs:
+            i = 0
+            for n, ret in spec.runs:
+                for h in spec.heads[i:i + n]:
+                    row[h] = ret.capacity_for(total_frames, chunk_frames)
+                i += n
+        costs.append([row[h] for h in sorted(row)])
+    return costs
+
+
+def assign_heads(costs: list[list[float]], world: int) -> list[list[list[int]]]:
+    """Per layer, heads onto ``world`` ranks, costliest first onto the least-loaded rank (ties:
+    the lower head / rank index): returns [rank][layer] -> sorted heads. Every rank gets at least
+    one head of every layer (needs heads >= world)."""
+    if world < 1:
+        raise ValueError("need at least one rank")
+    out = [[[] for _ in costs] for _ in range(world)]
+    for li, row in enumerate(costs):
+        if len(row) < world:
+            raise ValueError(f"layer {li} has {len(row)} heads for {world} ranks: use at most {len(row)} processes")
+        load = [0.0] * world
+        for h in sorted(range(len(row)), key=lambda h: (-row[h], h)):
+            r = min(range(world), key=lambda r: (load[r], r))
+            out[r][li].append(h)
+            load[r] += row[h]
+        for r in range(world):
+            out[r][li].sort()
+    return out
+
+
+class HeadParallelRunner(ChunkRunner):
+    """A ChunkRunner whose caches split their heads across the ranks of ``group`` after the
+    regroup (see the module docstring). Always the reference loop."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None, device=None, group=None):
+        super().__init__(model, dtype=dtype, device=device, fast=False)
+        self.fast_reason = "off: head-parallel runs the reference loop"
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world = dist.get_world_size(group)
+        if self.geometry.num_heads < self.world:
+            raise ValueError(f"{self.world} ranks for {self.geometry.num_heads} heads per layer: use at most "
+                             f"{self.geometry.num_heads} processes")
+        self.assignment: list[list[list[int]]] | None = None  # [rank][layer] -> heads, of the last regroup
+
+    def new_cache(self, *args, **kwargs) -> KVCache:
+        cache = super().new_cache(*args, **kwargs)
+        cache.shard_heads = lambda specs: self._shard(specs, cache.total_frames, cache.max_chunk_frames)
+        return cache
+
+    def _shard(self, specs, total_frames: int, chunk_frames: int) -> list[list[int]]:
+        # every rank computes the same specs; rank 0's assignment is the one all use
+        obj = [assign_heads(head_costs(specs, total_frames, chunk_frames), self.world) if self.rank == 0 else None]
+        dist.broadcast_object_list(obj, src=dist.get_global_rank(self.group, 0) if self.group else 0, group=self.group)
+        self.assignment = obj[0]
+        return self.assignment[self.rank]
+
+    def attend(self, cache: KVCache, layer: int, q, k, v, probe=None) -> torch.Tensor:
+        out = attend(cache, layer, q, k, v, probe)
+        if cache.layers[layer].partial:
+            dist.all_reduce(out, group=self.group)
+        return out
+
+
+def rank_stats(cache_stats, runner: HeadParallelRunner) -> list[dict]:
+    """Every rank's share (heads per layer, KV bytes held / allocated, attention FLOPs),
+    gathered on all ranks in rank order. ``cache_stats``: this rank's GenerationStats."""
+    heads = ([len(layer) for layer in runner.assignment[runner.rank]] if runner.assignment is not None
+             else [runner.geometry.num_heads] * runner.geometry.num_layers)
+    mine = {"rank": runner.rank, "heads_per_layer": heads, "kv_bytes": cache_stats.kv_bytes,
+            "kv_allocated_bytes": cache_stats.kv_allocated_bytes, "attn_flops": cache_stats.attn_flops}
+    every = [None] * runner.world
+    dist.all_gather_object(every, mine, group=runner.group)
+    return every
+
+
+# ------------------------------------------------------------------------------------ torchrun
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Generate one video with the heads split across the processes of "
+                                 "torchrun (the shipped small model; Dummy Forcing on).")
+    ap.add_argument("--prompt", default="a big red circle at top left moving right fast, on a navy plain background")
+    ap.add_argument("--frames", type=int, default=24, help="latent frames")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dummy-heads", type=float, default=0.5)
+    ap.add_argument("--out", default="out/head_parallel.safetensors", help="latent written by rank 0")
+    args = ap.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        rank = dist.get_rank()
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+        model, text_encoder = load_tiny(device=device)
+        runner = HeadParallelRunner(model, dtype=torch.float32, device=device)
+        tc = model.tiny_config
+        with torch.no_grad():
+            ctx = text_encoder.encode([args.prompt]).to(device)
+        C, _, h, w = PixelCodec(tc["codec"]["factor"]).latent_shape(args.frames, tc["data"]["size"], tc["data"]["size"])
+        spec = CacheSpec(dummy_forcing=DummyForcingConfig(dummy_heads=args.dummy_heads))
+        settings = SamplerSettings(chunk_frames=tc["train"]["chunk_frames"], seed=args.seed)
+        res = generate(runner, ctx, (1, C, args.frames, h, w), settings, spec)
+        res.stats.ranks = rank_stats(res.stats, runner)
+        if rank == 0:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            save_file({"latent": res.latent.contiguous().cpu()}, args.out)
+            print(res.stats.to_text())
+            print(f"latent: {args.out}")
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
