@@ -22,6 +22,7 @@ from ..cache_policy import CacheSpec
 from ..chunk_runner import ChunkRunner
 from ..dummy_forcing import DummyForcingConfig
 from ..errors import SettingError
+from ..prompt_schedule import PromptSchedule
 from ..sampler import SamplerSettings, generate, plan_run
 from ..stats import format_bytes
 from .codec import PixelCodec, to_uint8
@@ -92,11 +93,12 @@ def median_chunk_seconds(runs) -> float:
 
 def run_pair(model, text, prompt: str, seed: int = 0, frames: int = 24, df: DummyForcingConfig | None = None,
              settings: SamplerSettings | None = None, device="cpu", dtype=torch.float32, warmup: bool = True,
-             repeats: int = 1):
+             repeats: int = 1, switch: tuple[int, str] | None = None):
     """Generate ``prompt`` with the full cache and with Dummy Forcing ``df``, each ``repeats``
     times, alternating (the same video every time): returns a dict with the two decoded
     videos ``full`` / ``df`` [3, F, 32, 32], the first run's GenerationStats (``*_stats``),
-    the median clip seconds (``*_seconds``) and median steady chunk seconds (``*_chunk_s``)."""
+    the median clip seconds (``*_seconds``) and median steady chunk seconds (``*_chunk_s``).
+    ``switch``: (latent frame, prompt): the video changes to that prompt there (re-cache on)."""
     codec = PixelCodec(model.tiny_config["codec"]["factor"])
     size = model.tiny_config["data"]["size"]
     C, _, h, w = codec.latent_shape(frames, size, size)
@@ -108,6 +110,9 @@ def run_pair(model, text, prompt: str, seed: int = 0, frames: int = 24, df: Dumm
     shape = (1, C, frames, h, w)
     if warmup:  # first calls pay for allocator / kernel set-up: keep them out of the timing
         generate(runner, ctx, (1, C, 2 * settings.chunk_frames, h, w), settings)
+    if switch is not None:
+        with torch.no_grad():
+            ctx = PromptSchedule([(0, ctx), (int(switch[0]), text.encode([switch[1]]).to(device))], name="--switch-prompt")
     out, runs, clips = {"repeats": repeats}, {"full": [], "df": []}, {"full": [], "df": []}
     for _ in range(repeats):
         for name, cfg in (("full", None), ("df", df)):
@@ -154,6 +159,9 @@ def check_flags(args, trained_frames: int, chunk: int) -> None:
     most = MAX_FRAMES_FACTOR * trained_frames
     if not 1 <= args.frames <= most:
         raise UsageError(f"--frames must be 1 to {most} (the model was trained on {trained_frames}), got {args.frames}")
+    if getattr(args, "switch_prompt", None) is not None and not chunk <= args.switch_frame < args.frames:
+        raise UsageError(f"--switch-frame must be {chunk} to {args.frames - 1} (after the first chunk, inside the "
+                         f"video), got {args.switch_frame}")
     if not 0.0 <= args.dummy_heads <= 1.0:  # also refuses NaN
         raise UsageError(f"--dummy-heads is a fraction of all heads, 0 to 1, got {args.dummy_heads}")
     for flag in ("neighbor_chunks", "sink_frames", "ar_start", "scale", "repeats"):
@@ -242,6 +250,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--ar-start", type=int, default=1, help="chunk profiled; per-head caching from the next (>= 1)")
     ap.add_argument("--no-packing", action="store_true", help="turn context packing off")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each setting; times are their medians")
+    ap.add_argument("--switch-prompt", default=None, help="a second prompt the video changes to at --switch-frame "
+                    "(the frames the cache holds are re-encoded under it)")
+    ap.add_argument("--switch-frame", type=int, default=12, help="latent frame where --switch-prompt starts "
+                    "(used from the chunk holding it)")
     ap.add_argument("--model", default=DEFAULT_PATH, help="tiny model file")
     ap.add_argument("--device", default="cpu", help="torch device")
     ap.add_argument("--scale", type=int, default=4, help=f"animation pixels per video pixel, 1 to {MAX_SCALE}")
@@ -280,6 +292,10 @@ def _report(args, model, r) -> None:
           f"{fs.kv_bytes / max(ds.kv_bytes, 1):.1f}x smaller; attention FLOPs "
           f"{100 * ds.attn_flops / max(fs.attn_flops, 1):.0f}% of full{busy}")
     print(f"quality vs full cache: PSNR {psnr(dfv, full):.2f} dB, SSIM {ssim(dfv, full):.4f}")
+    for sw in ds.prompt_switches:
+        print(f"prompt switch at latent frame {sw['frame']} (chunk {sw['chunk']}): {args.switch_prompt}; "
+              f"re-cache {sw['recache_passes']} pass(es) with Dummy Forcing, "
+              f"{fs.prompt_switches[0]['recache_passes']} with the full cache; world metrics below are the first prompt's")
     print("world metrics (full -> DF): " + ", ".join(
         f"{k} {wm_full[k]:.3f} -> {wm_df[k]:.3f}" for k in WORLD_KEYS))
     print(f"wrote {args.out}")
@@ -310,7 +326,12 @@ def main(argv=None):
                  SamplerSettings(chunk_frames=cfg["train"]["chunk_frames"]), CacheSpec(dummy_forcing=df))
     except SettingError as e:
         fail(f"--{e.name.replace('_', '-')}: {e}")
-    r = run_pair(model, text, args.prompt, args.seed, args.frames, df, device=args.device, repeats=args.repeats)
+    switch = None if args.switch_prompt is None else (args.switch_frame, args.switch_prompt)
+    if switch is not None:
+        for message in prompt_warnings(args.switch_prompt, text, cfg["data"].get("max_objects", 3)):
+            warn("--switch-prompt: " + message)
+    r = run_pair(model, text, args.prompt, args.seed, args.frames, df, device=args.device, repeats=args.repeats,
+                 switch=switch)
     diff = ((r["df"] - r["full"]).abs() * 4 - 1).clamp(-1, 1)
     side_by_side_gif(args.out, [("full cache", r["full"]), (f"Dummy F. {args.dummy_heads:.0%}", r["df"]),
                                 ("|diff| x4", diff)], args.scale)

@@ -60,6 +60,8 @@ def _bad_cases(tmp_path):
         (["--sink-frames", "7", "--frames", "9"], "--sink-frames"),
         (["--scale", "0"], "--scale"), (["--scale", "100"], "--scale"), (["--seed", "-1"], "--seed"),
         (["--repeats", "0"], "--repeats"),
+        (["--switch-prompt", "a big red circle", "--switch-frame", "24"], "--switch-frame"),  # past the video
+        (["--switch-prompt", "a big red circle", "--switch-frame", "1"], "--switch-frame"),   # inside the first chunk
         (["--model", str(tmp_path / "missing.safetensors")], "--model"), (["--model", str(a_file)], "--model"),
         (["--device", "nonsense"], "--device"),
         (["--bogus"], "--bogus"),
@@ -182,3 +184,18 @@ def test_cli_runs_with_repeats(tmp_path, capsys):
     assert r["df_chunk_s"] > 0 and r["full_chunk_s"] > 0
     with Image.open(out) as im:
         assert im.n_frames == 7
+
+
+def test_cli_shows_a_prompt_switch(tmp_path, capsys):
+    """--switch-prompt: the frames before the switch are the single-prompt video's, later ones differ."""
+    out = tmp_path / "switch.gif"
+    base = demo.main(["--frames", "9", "--repeats", "1", "--scale", "1", "--out", str(tmp_path / "one.gif")])
+    capsys.readouterr()
+    r = demo.main(["--frames", "9", "--repeats", "1", "--scale", "1", "--out", str(out), "--switch-frame", "6",
+                   "--switch-prompt", "a big blue circle at top right moving left fast, on a maroon plain background"])
+    text = capsys.readouterr().out
+    assert "prompt switch at latent frame 6 (chunk 2)" in text and "re-cache" in text
+    assert r["df_stats"].prompt_switches and r["full_stats"].prompt_switches
+    for name in ("full", "df"):
+        assert torch.equal(r[name][:, :6], base[name][:, :6])
+        assert (r[name][:, 6:] - base[name][:, 6:]).abs().max() > 0.05
