@@ -23,6 +23,8 @@ changes (data pointer or in-place version), so patches applied between videos ar
 """
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -35,6 +37,8 @@ from .cuda_graphs import PassGraphs
 from .fast_kernels import residual_norm_modulate, rms_norm_rope
 from .fp8 import fp8_linear, fp8_matmul_available, fp8_scale, is_fp8
 from .wan_blocks import embed_patches, time_embed
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FastOptions", "FusedForward", "plain_linear"]
 
@@ -216,6 +220,10 @@ class FusedForward:
     def _fp8_matmul(self) -> bool:
         if not hasattr(self, "_fp8_mm"):
             self._fp8_mm = self.opts.fp8_matmul and fp8_matmul_available(self.device)
+            if self.opts.fp8_matmul and not self._fp8_mm:  # said once per runner
+                log.warning("fp8 matrix products need a GPU of compute capability 8.9+ (Ada, Hopper); on %s the "
+                            "fp8 weights are cast to %s one layer at a time instead", self.device,
+                            str(self.dtype).replace("torch.", ""))
         return self._fp8_mm
 
     def _mm(self, x: torch.Tensor, lin: Lin) -> torch.Tensor:

@@ -130,3 +130,15 @@ def test_a_tensor_subclass_weight_keeps_the_module_call():
     q.weight = torch.nn.Parameter(q.weight.data.as_subclass(_PackedWeight), requires_grad=False)
     runner = ChunkRunner(model, dtype=torch.float32, fast=True)
     assert runner.fast_path is None and "block 1" in runner.fast_reason
+
+
+def test_fp8_products_unavailable_fall_back_and_say_so_once(caplog):
+    model = quantize_fp8(make_tiny_wan(layers=2, heads=4, head_dim=16, seed=5, dtype=torch.float32))
+    runner = ChunkRunner(model, dtype=torch.float32, fast=FastOptions(fp8_matmul=True))  # the CPU has none
+    cast = ChunkRunner(model, dtype=torch.float32, fast=FastOptions(fp8_matmul=False))
+    st, shape = SamplerSettings(timesteps=(1000,), seed=1), (1, 16, 6, H_LAT, W_LAT)
+    with caplog.at_level("WARNING", logger="dummy_forcing_core.fused_forward"):
+        a = generate(runner, ctx(), shape, st)
+    assert torch.equal(a.latent, generate(cast, ctx(), shape, st).latent)
+    said = [r for r in caplog.records if "fp8 matrix products need" in r.getMessage()]
+    assert len(said) == 1 and "cast to float32" in said[0].getMessage()
