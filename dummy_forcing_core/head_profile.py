@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .attention_profiler import AttentionProfiler
+from .cache_policy import UniformPolicy
 from .chunk_plan import ChunkPlan
 from .errors import SettingError
 from .geometry import ModelGeometry
@@ -279,17 +280,15 @@ class ProfilingSpec:
             raise SettingError("profiling", "sink_frames",
                                f"'sink_frames' = {self.profiler.sink_frames} is more than the {cached} frames cached "
                                f"before chunk 'ar_start' = {a}; lower it or raise 'ar_start'")
-        return _ProfilingPolicy(FULL, geometry, plan, self.profiler, range(a, last + 1), last)
+        return _ProfilingPolicy(FULL, geometry, plan, last, profiler=self.profiler, probed=range(a, last + 1))
 
 
-@dataclass
-class _ProfilingPolicy:
-    base: Retention
-    geometry: ModelGeometry
-    plan: ChunkPlan
+@dataclass(kw_only=True)
+class _ProfilingPolicy(UniformPolicy):
+    """A full cache that probes the chunks ``probed`` and ends the run after ``last_chunk``."""
+
     profiler: AttentionProfiler
     probed: range
-    last_chunk: int
 
     def base_capacity(self) -> int | None:
         return self.base.capacity_for(self.plan.history_before(self.last_chunk) + 1, self.plan.max_piece)
@@ -299,21 +298,6 @@ class _ProfilingPolicy:
 
     def probe_for(self, chunk: int):
         return self.profiler if chunk in self.probed else None
-
-    def after_commit(self, chunk, cache, stats, source=None) -> None:
-        pass
-
-    def needs_recache_on_switch(self) -> bool:
-        return False
-
-    def kept_frames_bound(self, history: int) -> set[int]:
-        return set(self.base.kept_frame_ids(history))
-
-    def on_prompt_switch(self, chunk: int) -> None:
-        pass
-
-    def describe(self) -> dict | None:
-        return None
 
 
 def profile_heads(runner, contexts: list[torch.Tensor], shape, settings, seeds: list[int], spec: ProfilingSpec,
