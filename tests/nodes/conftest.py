@@ -145,5 +145,19 @@ def run_node():
 
 
 @pytest.fixture
+def N():
+    """The pack's node classes by id."""
+    from node_helpers import pack_nodes
+    return pack_nodes()
+
+
+@pytest.fixture
+def model(stub_model_patcher):
+    """A stub MODEL around the tiny random Wan, shift 5 (the causal checkpoints' value)."""
+    from node_helpers import tiny_wan
+    return stub_model_patcher(tiny_wan(), shift=5.0)
+
+
+@pytest.fixture
 def load_pack_nodes():
     return comfy_stub_tools.load_pack_nodes

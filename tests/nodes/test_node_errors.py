@@ -10,7 +10,7 @@ import torch
 
 import comfy.model_management as mm
 import comfy.utils
-from node_helpers import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
+from node_helpers import ModelSnapshot, cond, tiny_wan, video_latent
 
 from dummy_forcing_core.head_profile import HeadProfile
 from dummy_forcing_core.geometry import ModelGeometry
@@ -23,16 +23,6 @@ class _NotWan(torch.nn.Module):
         super().__init__()
         self.input_blocks = torch.nn.ModuleList([torch.nn.Conv2d(4, 8, 3)])
         self.dtype = torch.float32
-
-
-@pytest.fixture
-def N():
-    return pack_nodes()
-
-
-@pytest.fixture
-def model(stub_model_patcher):
-    return stub_model_patcher(tiny_wan(), shift=5.0)
 
 
 @pytest.fixture

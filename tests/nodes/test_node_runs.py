@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import comfy.model_management as mm
-from node_helpers import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
+from node_helpers import ModelSnapshot, cond, tiny_wan, video_latent
 
 from dummy_forcing_core.cache_policy import CacheSpec
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
@@ -19,16 +19,6 @@ from dummy_forcing_core.stats import GenerationStats
 from dummy_forcing_core.chunk_runner import ChunkRunner
 
 FAST = dict(frames_per_chunk=1)  # 6 latent frames -> 6 chunks of 1 frame
-
-
-@pytest.fixture
-def N():
-    return pack_nodes()
-
-
-@pytest.fixture
-def model(stub_model_patcher):
-    return stub_model_patcher(tiny_wan(), shift=5.0)
 
 
 def sample(run_node, N, model, positive=None, latent=None, **kw):

@@ -5,22 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node_helpers import ModelSnapshot, cond, pack_nodes, tiny_wan, video_latent
+from node_helpers import ModelSnapshot, cond, video_latent
 
 from dummy_forcing_core.cache_policy import CacheSpec
 from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.prompt_schedule import PromptSchedule
 from dummy_forcing_core.sampler import SamplerSettings, generate
-
-
-@pytest.fixture
-def N():
-    return pack_nodes()
-
-
-@pytest.fixture
-def model(stub_model_patcher):
-    return stub_model_patcher(tiny_wan(), shift=5.0)
 
 
 def tag(run_node, N, c, start, unit="latent frames"):
