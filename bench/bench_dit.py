@@ -37,8 +37,10 @@ import torch  # noqa: E402
 
 from dummy_forcing_core.cache_policy import CacheSpec  # noqa: E402
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig, layer_group_specs  # noqa: E402
+from dummy_forcing_core.fp8 import quantize_fp8  # noqa: E402
 from dummy_forcing_core.fused_forward import FastOptions  # noqa: E402
 from dummy_forcing_core.kv_cache import FULL, Retention  # noqa: E402
+from dummy_forcing_core.prompt_schedule import PromptSchedule  # noqa: E402
 from dummy_forcing_core.sampler import SamplerSettings, generate  # noqa: E402
 from dummy_forcing_core.chunk_runner import ChunkRunner  # noqa: E402
 from dummy_forcing_core.wan_model import WAN21_1_3B, WanConfig, WanModel  # noqa: E402
@@ -94,7 +96,11 @@ def build_model(args, dev, dtype):
         cfg = TINY if args.tiny else WAN21_1_3B
         model = WanModel(cfg).init_random(seed=0)
         weights = "random weights"
-    return model.to(device=dev, dtype=dtype).eval().requires_grad_(False), cfg, weights
+    model = model.to(device=dev, dtype=dtype).eval().requires_grad_(False)
+    if args.weights != "bf16":  # ComfyUI's scaled fp8 (per-tensor scale) in every block's linear layers
+        model = quantize_fp8(model)
+        weights += f", fp8 e4m3 scaled ({'fp8 products' if args.weights == 'fp8-matmul' else 'cast per layer'})"
+    return model, cfg, weights
 
 
 def steady_seconds(stats, name):
@@ -296,6 +302,50 @@ def micro(dev, dtype, log):
 
 
 @torch.no_grad()
+def prompt_switch_rows(runner, ctx, hw, frames, dev, log, switch_frame=12):
+    """The cost of a prompt switch: one switch at latent frame ``switch_frame`` (a new random
+    prompt), with and without the re-cache of the kept frames (and, for Dummy Forcing, with
+    re-profiling). Each case runs twice (the first builds the re-cache passes' shapes); the
+    second is reported: the switch's seconds (GPU-synced), its re-cache passes, and the
+    clip's DiT seconds against the same video without a switch."""
+    ctx2 = torch.randn(ctx.shape, generator=torch.Generator().manual_seed(2)).to(ctx.device, ctx.dtype)
+    schedule = PromptSchedule([(0, ctx), (switch_frame, ctx2)])
+    cases = [("full", False, False), ("full", True, False), ("window", False, False), ("window", True, False),
+             ("df", False, False), ("df", True, False), ("df", True, True)]
+    rows, plain = [], {}
+    for name, recache, reprofile in cases:
+        settings, spec = variant_settings(name)
+        if name not in plain:
+            generate(runner, ctx, (1, 16, frames, *hw), settings, spec)
+            r = generate(runner, ctx, (1, 16, frames, *hw), settings, spec)
+            plain[name] = sum(r.stats.chunk_seconds)
+        settings = dataclasses.replace(settings, recache=recache)
+        if reprofile:
+            spec = dataclasses.replace(spec, dummy_forcing=dataclasses.replace(spec.dummy_forcing,
+                                                                               reprofile_on_prompt_switch=True))
+        for _ in range(2):
+            res = generate(runner, schedule, (1, 16, frames, *hw), settings, spec)
+        sync(dev)
+        st = res.stats
+        sw = st.prompt_switches[0]
+        med, _ = steady_seconds(st, name)
+        clip = sum(st.chunk_seconds) + sum(x["seconds"] for x in st.prompt_switches)
+        row = {"variant": name, "label": LABELS[name], "recache": recache, "reprofile": reprofile,
+               "switch_frame": switch_frame, "switch_chunk": sw["chunk"], "recache_passes": sw["recache_passes"],
+               "switch_ms": 1000 * sw["seconds"],
+               "ms_per_recache_pass": 1000 * sw["seconds"] / sw["recache_passes"] if sw["recache_passes"] else None,
+               "steady_chunk_ms": 1000 * med, "clip_s": clip, "clip_s_no_switch": plain[name],
+               "clip_overhead_pct": 100 * (clip / plain[name] - 1),
+               "reprofiled": bool(sw.get("reprofiled")), "profile_ms": 1000 * sw.get("profile_seconds", 0.0)}
+        rows.append(row)
+        log(f"{LABELS[name]:36s} recache {'on ' if recache else 'off'} reprofile {'on ' if reprofile else 'off'}: "
+            f"switch {row['switch_ms']:6.1f} ms ({row['recache_passes']} re-cache passes"
+            + (f", {row['ms_per_recache_pass']:.1f} ms each" if row["ms_per_recache_pass"] else "")
+            + f"), steady chunk {row['steady_chunk_ms']:.0f} ms, clip {clip:.2f} s vs {plain[name]:.2f} s "
+            f"without a switch ({row['clip_overhead_pct']:+.1f}%)")
+    return rows
+
+
 def op_profile(runner, ctx, hw, dev, log, passes=2):
     """Kernel time breakdown of denoising passes in Dummy Forcing's steady layout (random
     head types, 50% dummy), plus host enqueue time vs GPU time per pass."""
@@ -410,6 +460,9 @@ def main(argv=None):
     ap.add_argument("--ablate", action="store_true", help="480p: turn each fast-path switch off in turn")
     ap.add_argument("--micro", action="store_true", help="attention backends, GEMMs, fused kernels")
     ap.add_argument("--op-profile", action="store_true", help="kernel breakdown of a DF steady pass at 480p")
+    ap.add_argument("--weights", default="bf16", choices=("bf16", "fp8", "fp8-matmul"),
+                    help="fp8: every block's linear weights as scaled fp8 e4m3, cast per layer; fp8-matmul: fp8 products")
+    ap.add_argument("--prompt-switch", action="store_true", help="480p: the cost of a prompt switch and its re-cache")
     ap.add_argument("--warmup", default="variants", choices=("variants", "short", "none"))
     ap.add_argument("--attention", default="auto", help="SDPA backend of the fast path")
     ap.add_argument("--out", default=None, help="JSON results file")
@@ -450,7 +503,8 @@ def main(argv=None):
         f"{weights}, {meta['dtype']}; DiT time only (VAE decode and text encoder excluded)")
     text_len = 16 if args.tiny else 512
     ctx = torch.randn(1, text_len, cfg.text_dim, generator=torch.Generator().manual_seed(1)).to(dev, dtype)
-    results = {"meta": meta, "runs": [], "reference_runs": [], "ablations": [], "long": [], "checks": []}
+    results = {"meta": meta, "runs": [], "reference_runs": [], "ablations": [], "long": [], "checks": [],
+               "prompt_switch": []}
 
     if args.micro and dev.type == "cuda":
         log("\n## micro-benchmarks")
@@ -459,7 +513,8 @@ def main(argv=None):
         except Exception as err:  # noqa: BLE001
             log(f"micro failed: {err}\n{traceback.format_exc()}")
 
-    fast = ChunkRunner(model, dtype=dtype, device=dev, fast=FastOptions(attention=args.attention))
+    fp8mm = args.weights == "fp8-matmul"
+    fast = ChunkRunner(model, dtype=dtype, device=dev, fast=FastOptions(attention=args.attention, fp8_matmul=fp8mm))
     ref = ChunkRunner(model, dtype=dtype, device=dev, fast=False)
     log(f"fast path: {fast.fast_reason}")
     if args.engine != "reference" and fast.fast_path is None and not args.tiny:
@@ -566,11 +621,19 @@ def main(argv=None):
                 f"chunks {' '.join(f'{1000 * x:.0f}' for x in row['chunk_seconds'])}")
             del r
 
+    if args.prompt_switch and not over_budget():
+        log(f"\n## prompt switch, 480p: one switch at latent frame 12, {args.frames} latent frames")
+        try:
+            results["prompt_switch"] = prompt_switch_rows(fast, ctx, res_table["480p"], args.frames, dev, log)
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
+
     if args.op_profile and dev.type == "cuda" and not over_budget():
         log("\n## op profile, 480p, Dummy Forcing layout")
         for key, runner in (("op_profile", fast),
                             ("op_profile_eager", ChunkRunner(model, dtype=dtype, device=dev,
-                                                             fast=FastOptions(attention=args.attention, cuda_graphs=False)))):
+                                                             fast=FastOptions(attention=args.attention, cuda_graphs=False,
+                                                                              fp8_matmul=fp8mm)))):
             log(f"-- {'CUDA graphs on' if runner is fast else 'eager (CUDA graphs off)'}")
             try:
                 results[key] = op_profile(runner, ctx, res_table["480p"], dev, log)

@@ -105,19 +105,25 @@ class VideoSession:
         self._full_view = None
         if chunk is not None:
             self.last_written = chunk
-            if self.time_chunks and self.cache.device.type == "cuda":
-                torch.cuda.synchronize(self.cache.device)
+            self._sync()
             t0 = self._chunk_t0 if self._chunk_t0 is not None else time.perf_counter()
             self.stats.chunk_seconds.append(time.perf_counter() - t0)
             self._chunk_t0 = None
 
+    def _sync(self) -> None:
+        if self.time_chunks and self.cache.device.type == "cuda":
+            torch.cuda.synchronize(self.cache.device)
+
     # -- prompt switches ---------------------------------------------------------------------
     def switch_prompt(self, context: torch.Tensor, chunk: int, recache: bool = True, on_pass=None) -> int:
         """Use ``context`` from generated chunk ``chunk`` on; returns the re-cache passes run
-        (``on_pass()`` after each: progress and cancel)."""
+        (``on_pass()`` after each: progress and cancel). Its ``seconds`` in the statistics are
+        GPU time too when chunks are timed (``time_chunks``)."""
+        self._sync()
         t0 = time.perf_counter()
         self.set_prompt(context)
         passes = self._recache(on_pass) if recache and self.cache.history else 0
+        self._sync()
         self.stats.prompt_switches.append({"chunk": chunk, "frame": self.plan.chunks[chunk][0], "recache": recache,
                                            "recache_passes": passes, "seconds": time.perf_counter() - t0})
         self.policy.on_prompt_switch(chunk)

@@ -23,13 +23,12 @@ import comfy.utils
 from dummy_forcing_core.cache_policy import CacheSpec
 from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.errors import SettingError, check_finite
-from dummy_forcing_core.fused_forward import FastOptions
 from dummy_forcing_core.geometry import ModelGeometry, check_latent
 from dummy_forcing_core.kv_cache import FULL, Retention
 from dummy_forcing_core.prompt_schedule import PromptSchedule, latent_frame_of
 from dummy_forcing_core.sampler import RunPlan, SamplerSettings, plan_run
 
-from . import core_ar_loop
+from . import core_ar_loop, model_loading
 from .core_ar_loop import CACHE_SPEC_KEY
 
 log = logging.getLogger("dummy_forcing")
@@ -72,8 +71,10 @@ def cache_spec_of(model) -> CacheSpec | None:
 
 def with_cache_spec(model, spec: CacheSpec):
     """A clone of ``model`` carrying ``spec``, with ComfyUI's own AR loop routed through the
-    pack where the model has it; the input patcher and its dicts are never touched."""
-    m = model.clone()
+    pack where the model has it; the input patcher and its dicts are never touched. Under
+    ComfyUI's dynamic VRAM the clone is one whose weights the fused forward can read
+    (``model_loading.runnable_clone``)."""
+    m = model_loading.runnable_clone(model)
     opts = dict(m.model_options or {})
     to = dict(opts.get("transformer_options") or {})
     to[CACHE_SPEC_KEY] = spec
@@ -81,46 +82,6 @@ def with_cache_spec(model, spec: CacheSpec):
     m.model_options = opts
     core_ar_loop.install(m)
     return m
-
-
-def compute_dtype(model) -> torch.dtype:
-    base = model.model
-    dt = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
-    if dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        return dt
-    # e.g. fp8 storage without a manual cast dtype: compute in a real float type
-    return torch.bfloat16 if torch.device(model.load_device).type == "cuda" else torch.float32
-
-
-def load_runner(model, chunk_shape=None, extra_bytes: int = 0) -> ChunkRunner:
-    """Load the MODEL through ComfyUI's model management (weights, LoRA patches, offload), asking
-    for room for a chunk's activations (``chunk_shape``) plus ``extra_bytes`` (the KV cache), and
-    wrap its diffusion model in the core's ChunkRunner on the load device."""
-    need = int(extra_bytes)
-    if chunk_shape is not None:
-        try:
-            need += int(model.memory_required(list(chunk_shape)))
-        except Exception:  # an estimate only
-            pass
-    comfy.model_management.load_models_gpu([model], memory_required=need, minimum_memory_required=need)
-    dev, dtype = torch.device(model.load_device), compute_dtype(model)
-    auto_fast = dev.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
-    fast = FastOptions(fp8_matmul=True) if auto_fast and fp8_fast(model) else None
-    return ChunkRunner(model.model.diffusion_model, dtype=dtype, device=dev, fast=fast)
-
-
-def fp8_fast(model) -> bool:
-    """Whether the user asked ComfyUI for fp8 matrix products: UNETLoader weight_dtype
-    'fp8_e4m3fn_fast' (model_options 'fp8_optimizations') or --fast fp8_matrix_mult."""
-    if (getattr(model, "model_options", None) or {}).get("fp8_optimizations"):
-        return True
-    if (getattr(getattr(model.model, "model_config", None), "optimizations", None) or {}).get("fp8"):
-        return True
-    try:
-        from comfy.cli_args import args, PerformanceFeature
-        return PerformanceFeature.Fp8MatrixMultiplication in (args.fast or ())
-    except (ImportError, AttributeError):
-        return False
 
 
 def model_shift(model) -> tuple[float, str]:
@@ -379,10 +340,11 @@ def prepare_run(model, latent, conditioning, conditioning_name: str, settings: S
         check_finite(samples[:, :, :start_frames], "input", "latent")
     contexts = conditioning_contexts(conditioning, conditioning_name, text_dim_of(model), samples.shape[0])
     prompts = prompt_schedule(conditioning, contexts, conditioning_name) if schedule else None
-    plan = plan_run(geom, samples.shape, settings, spec, start_frames, compute_dtype(model), given_in_one_piece,
+    plan = plan_run(geom, samples.shape, settings, spec, start_frames, model_loading.compute_dtype(model), given_in_one_piece,
                     prompts)
     progress = Progress(model, plan.passes * videos)
     progress.check()
     B, C, _, Hh, Ww = samples.shape
-    runner = load_runner(model, (B, C, settings.chunk_frames, Hh, Ww), plan.kv_bytes)
+    runner = model_loading.load_runner(model_loading.runnable(model), (B, C, settings.chunk_frames, Hh, Ww),
+                                       plan.kv_bytes)
     return PreparedRun(runner, samples, contexts, plan, progress, prompts)

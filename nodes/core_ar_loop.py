@@ -29,11 +29,11 @@ import torch
 
 import comfy.patcher_extension
 
-from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.geometry import ModelGeometry
 from dummy_forcing_core.sampler import SamplerSettings, check_output, plan_run
 from dummy_forcing_core.video_session import VideoSession
 
+from . import model_loading
 from .node_errors import node_errors
 
 __all__ = ["CACHE_SPEC_KEY", "is_causal_ar", "install", "last_stats"]
@@ -79,12 +79,6 @@ def last_stats(model):
 def _is_ar_video(sampler) -> bool:
     fn = getattr(sampler, "sampler_function", None)
     return getattr(fn, "__name__", "") == "sample_ar_video"
-
-
-def _inference_dtype(base) -> torch.dtype:
-    get = getattr(base, "get_dtype_inference", None)
-    dt = get() if get is not None else (getattr(base, "manual_cast_dtype", None) or base.get_dtype())
-    return dt if dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float32
 
 
 class _CoreLoopDriver:
@@ -185,9 +179,8 @@ class CoreARHooks:
             initial = (to.get("ar_config") or {}).get("initial_latent")
             n_init = 0 if initial is None else int(initial.shape[2])
             chunk = int(getattr(sampler, "extra_options", {}).get("num_frame_per_block", 1))
-            base = guider.inner_model
-            dtype = _inference_dtype(base)
-            runner = ChunkRunner(base.diffusion_model, dtype=dtype, device=guider.model_patcher.load_device)
+            runner = model_loading.make_runner(guider.model_patcher)
+            dtype = runner.dtype
             spec.check_model(runner.geometry)
             settings = SamplerSettings(chunk_frames=chunk, sigmas=tuple(s[:-1]))
             run = plan_run(runner.geometry, shape, settings, spec, n_init, dtype, given_in_one_piece=True)

@@ -296,7 +296,7 @@ def test_compute_dtype_follows_comfyui(stub_model_patcher):
     import sys
     from node_helpers import load_pack
     load_pack()
-    glue = sys.modules["ComfyUI_Dummy_Forcing.nodes.comfy_glue"]
+    glue = sys.modules["ComfyUI_Dummy_Forcing.nodes.model_loading"]
     assert glue.compute_dtype(stub_model_patcher(tiny_wan())) == torch.float32
     assert glue.compute_dtype(stub_model_patcher(tiny_wan(), manual_cast_dtype=torch.bfloat16)) == torch.bfloat16
     net = tiny_wan().to(torch.float8_e4m3fn)
@@ -308,7 +308,7 @@ def test_fp8_fast_weight_dtype_asks_for_fp8_products(stub_model_patcher):
     import sys
     from node_helpers import load_pack
     load_pack()
-    fp8_fast = sys.modules["ComfyUI_Dummy_Forcing.nodes.comfy_glue"].fp8_fast
+    fp8_fast = sys.modules["ComfyUI_Dummy_Forcing.nodes.model_loading"].fp8_fast
     m = stub_model_patcher(tiny_wan(), shift=5.0)
     assert not fp8_fast(m)
     m.model_options["fp8_optimizations"] = True  # UNETLoader weight_dtype fp8_e4m3fn_fast

@@ -106,6 +106,17 @@ def get_free_memory(dev=None, torch_free_too=False):
     return (free, free) if torch_free_too else free
 
 
+TOTAL_MEMORY = 80 * 1024 ** 3  # what get_total_memory reports; tests may change it
+
+
+def get_total_memory(dev=None, torch_total_too=False):
+    return (TOTAL_MEMORY, TOTAL_MEMORY) if torch_total_too else TOTAL_MEMORY
+
+
+def minimum_inference_memory():
+    return int(0.8 * 1024 ** 3)
+
+
 def soft_empty_cache(force=False) -> None:
     global soft_empty_cache_calls
     soft_empty_cache_calls += 1
@@ -228,7 +239,8 @@ def throw_exception_if_processing_interrupted():
 
 def reset_stub_state() -> None:
     """Test-only: unload everything, clear the interrupt flag and counters."""
-    global soft_empty_cache_calls, _torch_device
+    global soft_empty_cache_calls, _torch_device, TOTAL_MEMORY
+    TOTAL_MEMORY = 80 * 1024 ** 3
     unload_all_models()
     load_calls.clear()
     interrupt_current_processing(False)

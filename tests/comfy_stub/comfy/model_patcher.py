@@ -7,7 +7,7 @@ Mirrors the parts a node pack touches:
   .object_patches, .object_patches_backup (shared between clones, like the real one),
   .parent, .attachments, .callbacks, .wrappers.
 - clone(disable_dynamic=False, model_override=None, force_deepcopy=False): new patcher on the
-  SAME torch model; model_options are copied with comfy.utils.deepcopy_list_dict (dicts and
+  SAME torch model (or on ``model_override[0]``); model_options are copied with comfy.utils.deepcopy_list_dict (dicts and
   lists copied, other objects shared: a holder object in transformer_options is shared by
   later clones, as in 0.27; v0.3.64 deep-copied it); patches / object_patches / callbacks /
   wrappers dicts are copied; ON_CLONE callbacks run with (old, new).
@@ -18,7 +18,13 @@ Mirrors the parts a node pack touches:
   set_model_attn1_replace / set_model_unet_function_wrapper / set_model_sampler_cfg_function,
   add_callback(_with_key), add_wrapper(_with_key), get_all_callbacks, get_all_wrappers,
   get_wrappers, remove_wrappers_with_key, set_attachments / get_attachment,
-  patch_model / unpatch_model / partially_load / detach / cleanup / pre_run.
+  patch_model / unpatch_model / partially_load / detach / cleanup / pre_run,
+  is_dynamic(), get_clone_model_override(), cached_patcher_init (a loader and its args, set by
+  comfy.sd.load_diffusion_model).
+- ModelPatcherDynamic (dynamic VRAM): loads nothing at load time (its weights stay where they
+  are, each linear marked ``comfy_cast_weights``); ``clone(disable_dynamic=True)`` gives a plain
+  ModelPatcher of a second model from ``cached_patcher_init`` (or of ``model_override``),
+  and get_non_dynamic_delegate() keeps that model for the next delegate, as 0.27 does.
 """
 from __future__ import annotations
 
@@ -97,6 +103,7 @@ class ModelPatcher:
         self.weight_inplace_update = weight_inplace_update
         self.force_cast_weights = False
         self.patches_uuid = uuid.uuid4()
+        self.cached_patcher_init = None
         self.parent = None
 
         self.attachments: dict = {}
@@ -137,17 +144,32 @@ class ModelPatcher:
         return self.model.device
 
     # ------------------------------------------------------------------ cloning
+    def is_dynamic(self):
+        return False
+
+    def get_clone_model_override(self):
+        return self.model, (self.backup, self.object_patches_backup)
+
     def clone(self, disable_dynamic=False, model_override=None, force_deepcopy=False):
-        # stub: no dynamic (VRAM-streamed) patchers, so the three options have nothing to do
-        n = self.__class__(self.model, self.load_device, self.offload_device, self.size,
-                           weight_inplace_update=self.weight_inplace_update)
+        class_ = self.__class__
+        if self.is_dynamic() and disable_dynamic:
+            class_ = ModelPatcher
+            if model_override is None:
+                if self.cached_patcher_init is None:
+                    raise RuntimeError("Cannot create non-dynamic delegate: cached_patcher_init is not initialized.")
+                model_override = self.cached_patcher_init[0](*self.cached_patcher_init[1],
+                                                             disable_dynamic=True).get_clone_model_override()
+        if model_override is None:
+            model_override = self.get_clone_model_override()
+        n = class_(model_override[0], self.load_device, self.offload_device, self.size,
+                   weight_inplace_update=self.weight_inplace_update)
         n.patches = {k: v[:] for k, v in self.patches.items()}
         n.patches_uuid = self.patches_uuid
         n.object_patches = self.object_patches.copy()
         n.weight_wrapper_patches = self.weight_wrapper_patches.copy()
         n.model_options = comfy.utils.deepcopy_list_dict(self.model_options)
-        n.backup = self.backup
-        n.object_patches_backup = self.object_patches_backup
+        n.backup, n.object_patches_backup = model_override[1]
+        n.cached_patcher_init = self.cached_patcher_init
         n.parent = self
         n.force_cast_weights = self.force_cast_weights
         n.attachments = {}
@@ -424,3 +446,27 @@ class ModelPatcher:
         for models in self.additional_models.values():
             out.extend(models)
         return out
+
+
+class ModelPatcherDynamic(ModelPatcher):
+    """Dynamic VRAM: the weights stay in host memory and each layer's call streams them."""
+
+    def __init__(self, model, load_device, offload_device, size=0, weight_inplace_update=False):
+        super().__init__(model, load_device, offload_device, size, weight_inplace_update)
+        self.non_dynamic_delegate_model = None
+
+    def is_dynamic(self):
+        return True
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False):
+        for m in self.model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.comfy_cast_weights = True  # what 0.27 marks; the weights are not moved
+        self.model.current_weight_patches_uuid = self.patches_uuid
+        for callback in self.get_all_callbacks(CallbacksMP.ON_LOAD):
+            callback(self, device_to, lowvram_model_memory, force_patch_weights, full_load)
+
+    def get_non_dynamic_delegate(self):
+        model_patcher = self.clone(disable_dynamic=True, model_override=self.non_dynamic_delegate_model)
+        self.non_dynamic_delegate_model = model_patcher.get_clone_model_override()
+        return model_patcher
