@@ -212,14 +212,27 @@ def child(a):
               + (f", {row['fps_steady']:.1f} FPS steady" if "fps_steady" in row else "")
               + f"), engine {row['engine']}", flush=True)
 
+    def streamed(m):  # the pack as it ran before it asked for the delegate
+        keep = model_loading._delegate
+        model_loading._delegate = lambda _m: None
+        try:
+            return pack(apply_df(m))
+        finally:
+            model_loading._delegate = keep
+
     repeats = 1 if a.mode == "novram" else 2
-    timed("pack_df", pack, apply_df(model), repeats)
-    if a.mode != "novram":
-        timed("core_df", core, apply_df(model), repeats)
-        timed("core", core, model, repeats)
+    cases = [("pack_df", pack, apply_df(model))]
     if a.mode == "dynamic":
-        model_loading._delegate = lambda m: None  # the pack as it ran before asking for the delegate
-        timed("pack_df_streamed", pack, apply_df(model), repeats)
+        cases.append(("pack_df_streamed", streamed, model))
+    if a.mode != "novram":
+        cases += [("core_df", core, apply_df(model)), ("core", core, model)]
+    for name, fn, m in cases:
+        try:
+            timed(name, fn, m, repeats)
+        except Exception as err:  # noqa: BLE001 - report it, go on with the next graph
+            import traceback
+            out["runs"][name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
+            print(f"[{a.mode}] {name}: FAILED {type(err).__name__}: {err}", flush=True)
     print("RESULT " + json.dumps(out, default=str), flush=True)
 
 

@@ -302,7 +302,7 @@ def micro(dev, dtype, log):
 
 
 @torch.no_grad()
-def prompt_switch_rows(runner, ctx, hw, frames, dev, log, switch_frame=12):
+def prompt_switch_rows(runner, ctx, hw, frames, dev, log, switch_frame=15):
     """The cost of a prompt switch: one switch at latent frame ``switch_frame`` (a new random
     prompt), with and without the re-cache of the kept frames (and, for Dummy Forcing, with
     re-profiling). Each case runs twice (the first builds the re-cache passes' shapes); the
@@ -336,12 +336,16 @@ def prompt_switch_rows(runner, ctx, hw, frames, dev, log, switch_frame=12):
                "ms_per_recache_pass": 1000 * sw["seconds"] / sw["recache_passes"] if sw["recache_passes"] else None,
                "steady_chunk_ms": 1000 * med, "clip_s": clip, "clip_s_no_switch": plain[name],
                "clip_overhead_pct": 100 * (clip / plain[name] - 1),
-               "reprofiled": bool(sw.get("reprofiled")), "profile_ms": 1000 * sw.get("profile_seconds", 0.0)}
+               "reprofiled": bool(sw.get("reprofiled")), "profile_ms": 1000 * sw.get("profile_seconds", 0.0),
+               "chunk_seconds": st.chunk_seconds,
+               "first_chunk_after_ms": 1000 * st.chunk_seconds[sw["chunk"]],
+               "chunks_after_median_ms": 1000 * statistics.median(st.chunk_seconds[sw["chunk"] + 2:] or [float("nan")])}
         rows.append(row)
         log(f"{LABELS[name]:36s} recache {'on ' if recache else 'off'} reprofile {'on ' if reprofile else 'off'}: "
             f"switch {row['switch_ms']:6.1f} ms ({row['recache_passes']} re-cache passes"
             + (f", {row['ms_per_recache_pass']:.1f} ms each" if row["ms_per_recache_pass"] else "")
-            + f"), steady chunk {row['steady_chunk_ms']:.0f} ms, clip {clip:.2f} s vs {plain[name]:.2f} s "
+            + f"), chunks after it {row['first_chunk_after_ms']:.0f} / {1000 * st.chunk_seconds[sw['chunk'] + 1]:.0f} "
+            f"/ median {row['chunks_after_median_ms']:.0f} ms (steady {row['steady_chunk_ms']:.0f}), clip {clip:.2f} s vs {plain[name]:.2f} s "
             f"without a switch ({row['clip_overhead_pct']:+.1f}%)")
     return rows
 
@@ -463,6 +467,7 @@ def main(argv=None):
     ap.add_argument("--weights", default="bf16", choices=("bf16", "fp8", "fp8-matmul"),
                     help="fp8: every block's linear weights as scaled fp8 e4m3, cast per layer; fp8-matmul: fp8 products")
     ap.add_argument("--prompt-switch", action="store_true", help="480p: the cost of a prompt switch and its re-cache")
+    ap.add_argument("--switch-frames", type=int, default=33, help="latent frames of the prompt-switch videos")
     ap.add_argument("--warmup", default="variants", choices=("variants", "short", "none"))
     ap.add_argument("--attention", default="auto", help="SDPA backend of the fast path")
     ap.add_argument("--out", default=None, help="JSON results file")
@@ -622,9 +627,9 @@ def main(argv=None):
             del r
 
     if args.prompt_switch and not over_budget():
-        log(f"\n## prompt switch, 480p: one switch at latent frame 12, {args.frames} latent frames")
+        log(f"\n## prompt switch, 480p: one switch at latent frame 15, {args.switch_frames} latent frames")
         try:
-            results["prompt_switch"] = prompt_switch_rows(fast, ctx, res_table["480p"], args.frames, dev, log)
+            results["prompt_switch"] = prompt_switch_rows(fast, ctx, res_table["480p"], args.switch_frames, dev, log)
         except Exception:  # noqa: BLE001
             log(traceback.format_exc())
 

@@ -10,6 +10,9 @@ Two kernels replace the chains of small passes around every matrix product of a 
   token's frame, ``norm3`` with its affine weight and bias, the head's norm).
 * :func:`rms_norm_rope` ``RMSNorm`` over the whole row (all heads, as Wan's ``norm_q`` /
   ``norm_k``) followed by the 3-axis RoPE rotation of each head, one read and one write.
+* :func:`quantize_e4m3` the input of an fp8 matrix product: (optionally GELU(tanh),) clamp to
+  e4m3's range and cast, one read of the bf16 activation and one write of its fp8 bytes, where
+  torch runs a clamp and a cast (and the FFN a GELU) as separate passes.
 
 Math is float32 inside the kernels (float64 in the torch fallback for float64 tensors); each
 result is rounded once to the output dtype, where the reference path rounds after every
@@ -22,7 +25,7 @@ import os
 
 import torch
 
-__all__ = ["HAVE_TRITON", "triton_usable", "residual_norm_modulate", "rms_norm_rope"]
+__all__ = ["HAVE_TRITON", "triton_usable", "residual_norm_modulate", "rms_norm_rope", "quantize_e4m3"]
 
 try:  # pragma: no cover - depends on the host
     import triton
@@ -96,6 +99,17 @@ if HAVE_TRITON:
             yo = b
         tl.store(Y + row * y_rs + 2 * i, ye.to(Y.dtype.element_ty), mask=m)
         tl.store(Y + row * y_rs + 2 * i + 1, yo.to(Y.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _e4m3_kernel(X, Y, n, top, GELU: tl.constexpr, BLOCK: tl.constexpr):
+        i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        m = i < n
+        x = tl.load(X + i, mask=m, other=0.0).to(tl.float32)
+        if GELU:  # tanh approximation, as the FFN's nn.GELU(approximate="tanh")
+            u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+            x = x * tl.sigmoid(2.0 * u)  # 0.5 * x * (1 + tanh(u))
+        x = tl.minimum(tl.maximum(x, -top), top)
+        tl.store(Y + i, x.to(Y.dtype.element_ty), mask=m)
 
 
 def _vec_strides(v: torch.Tensor | None, B: int, Fr: int, C: int) -> tuple[torch.Tensor | None, int, int]:
@@ -217,3 +231,23 @@ def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.
         n = torch.stack((a * cw - b * sw, a * sw + b * cw), dim=-1).view(N, C)
     y.copy_(n)
     return y
+
+
+def quantize_e4m3(x: torch.Tensor, gelu: bool = False, use_triton: bool | None = None) -> torch.Tensor:
+    """``clamp(x, -448, 448)`` (of ``GELU_tanh(x)`` with ``gelu``) as float8_e4m3fn, same shape.
+
+    x: contiguous, bf16 / fp16 / fp32. The Triton kernel computes in float32 and rounds once
+    to e4m3; the torch ops (CPU, or ``use_triton=False``) round GELU's output to x's dtype
+    first, as the unfused layers do."""
+    top = 448.0
+    if not x.is_contiguous():
+        raise ValueError(f"x must be contiguous, got strides {x.stride()}")
+    if use_triton is not False and triton_usable(x) and x.is_cuda:
+        y = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+        n = x.numel()
+        block = 2048
+        _e4m3_kernel[(triton.cdiv(n, block),)](x, y, n, top, GELU=bool(gelu), BLOCK=block, num_warps=8)
+        return y
+    if gelu:
+        x = torch.nn.functional.gelu(x, approximate="tanh")
+    return x.clamp(-top, top).to(torch.float8_e4m3fn)

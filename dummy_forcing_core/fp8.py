@@ -11,8 +11,9 @@ Two ways to compute (``fp8_linear``):
 * bf16 compute: the weight of one layer is cast to the compute dtype when it is used and
   dropped after, so no bf16 copy of all weights is kept;
 * fp8 matmul (``torch._scaled_mm``, compute capability 8.9+: Ada, Hopper): the activation is
-  clamped to e4m3's range and cast to fp8 with scale 1 (as ComfyUI's fp8_e4m3fn_fast does),
-  the product accumulates in fp32 and comes out in the compute dtype.
+  clamped to e4m3's range and cast to fp8 with scale 1 (as ComfyUI's fp8_e4m3fn_fast does; one
+  fused pass, ``fast_kernels.quantize_e4m3``, which also takes the FFN's GELU), the product
+  accumulates in fp32 and comes out in the compute dtype.
 """
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FP8_DTYPES", "E4M3_MAX", "is_fp8", "fp8_scale", "fp8_matmul_available", "fp8_linear", "Fp8Linear",
-           "quantize_fp8"]
+from .fast_kernels import quantize_e4m3
+
+__all__ = ["FP8_DTYPES", "E4M3_MAX", "is_fp8", "fp8_scale", "fp8_matmul_available", "fp8_products", "fp8_linear",
+           "Fp8Linear", "quantize_fp8"]
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 E4M3_MAX = 448.0
@@ -52,14 +55,21 @@ def _one(device) -> torch.Tensor:
     return t
 
 
+def fp8_products(weight: torch.Tensor, fp8_matmul: bool) -> bool:
+    """Whether :func:`fp8_linear` multiplies this weight in fp8 (e4m3, N and K multiples of 16)."""
+    return fp8_matmul and weight.dtype == torch.float8_e4m3fn and weight.shape[1] % 16 == 0 \
+        and weight.shape[0] % 16 == 0
+
+
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None,
-               fp8_matmul: bool = False) -> torch.Tensor:
+               fp8_matmul: bool = False, gelu_input: bool = False) -> torch.Tensor:
     """``x @ (weight * scale).T + bias`` for an fp8 ``weight`` [N, K]; x [..., K] in the compute
     dtype; ``scale``: None, a scalar, or one per output row [N]. ``fp8_matmul``: an fp8 product
-    (e4m3 weights, K and N multiples of 16), else a cast."""
-    if fp8_matmul and weight.dtype == torch.float8_e4m3fn and weight.shape[1] % 16 == 0 and weight.shape[0] % 16 == 0:
+    where :func:`fp8_products` says so, else a cast. ``gelu_input``: multiply GELU_tanh(x)
+    instead (fused into the fp8 cast of x)."""
+    if fp8_products(weight, fp8_matmul):
         shape = x.shape
-        a = x.reshape(-1, shape[-1]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        a = quantize_e4m3(x.reshape(-1, shape[-1]).contiguous(), gelu=gelu_input)
         if scale is not None and scale.ndim == 1:  # row-wise scales need row-wise ones for the input
             sa = torch.ones((a.shape[0], 1), dtype=torch.float32, device=x.device)
             sw = scale.to(device=x.device, dtype=torch.float32).reshape(1, -1).contiguous()
@@ -69,6 +79,8 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
         out = torch._scaled_mm(a, weight.t(), scale_a=sa, scale_b=sw, bias=bias, out_dtype=x.dtype,
                                use_fast_accum=True)
         return out.view(*shape[:-1], weight.shape[0])
+    if gelu_input:
+        x = F.gelu(x, approximate="tanh")
     w = weight.to(x.dtype)
     if scale is not None:
         w = w * (scale.to(x.dtype)[:, None] if scale.ndim == 1 else scale.to(x.dtype))

@@ -35,7 +35,7 @@ from torch import nn
 from .attention import ATTENTION_CHOICES, attend_ordered, attention_backends
 from .cuda_graphs import PassGraphs
 from .fast_kernels import residual_norm_modulate, rms_norm_rope
-from .fp8 import fp8_linear, fp8_matmul_available, fp8_scale, is_fp8
+from .fp8 import fp8_linear, fp8_matmul_available, fp8_products, fp8_scale, is_fp8
 from .wan_blocks import embed_patches, time_embed
 
 log = logging.getLogger(__name__)
@@ -305,6 +305,14 @@ class FusedForward:
             return torch._addmm_activation(lin.b, h2.view(B * L, C), lin.w.t(), use_gelu=True).view(B, L, -1)
         return F.gelu(self._mm(h2, lin), approximate="tanh")
 
+    def _ffn(self, h2: torch.Tensor, lin0: Lin, lin2: Lin) -> torch.Tensor:
+        """Linear-GELU-Linear; with fp8 products both ways the GELU goes into the second
+        product's fp8 cast."""
+        if is_fp8(lin0.w) and fp8_products(lin2.w, self._fp8_matmul()):
+            pre = self._mm(h2, lin0)
+            return fp8_linear(pre, lin2.w, lin2.b, lin2.scale, True, gelu_input=True)
+        return self._mm(self._ffn_in(h2, lin0), lin2)
+
     def _norm_mod(self, *args, **kw):
         return residual_norm_modulate(*args, use_triton=None if self.opts.fused_kernels else False, **kw)
 
@@ -405,7 +413,7 @@ class FusedForward:
                 y = self._mm(cy, self._lin(ca.o))
                 # x += cross; h = norm2(x) * (1 + scale2) + shift2
                 h = self._norm_mod(x_, Fr, _eps(block.norm2, dt), y=y, mul=mod[:, :, 4], add=mod[:, :, 3])
-                y = self._mm(self._ffn_in(h, self._lin(block.ffn[0])), self._lin(block.ffn[2]))
+                y = self._ffn(h, self._lin(block.ffn[0]), self._lin(block.ffn[2]))
                 gate2 = mod[:, :, 5]
                 if i + 1 < nl:  # x += ffn * gate2; h = next norm1(x) * (1 + scale1) + shift1
                     mod = mods(i + 1)

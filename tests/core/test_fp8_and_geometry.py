@@ -142,3 +142,38 @@ def test_fp8_products_unavailable_fall_back_and_say_so_once(caplog):
     assert torch.equal(a.latent, generate(cast, ctx(), shape, st).latent)
     said = [r for r in caplog.records if "fp8 matrix products need" in r.getMessage()]
     assert len(said) == 1 and "cast to float32" in said[0].getMessage()
+
+
+def _activations(device, dtype):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(37, 96, generator=g) * 40
+    x[0, :4] = torch.tensor([1000.0, -1e4, 448.0, -449.0])  # beyond e4m3's range: clamped, never NaN
+    return x.to(device, dtype)
+
+
+def test_quantize_e4m3_clamps_and_takes_the_gelu():
+    from dummy_forcing_core.fast_kernels import quantize_e4m3
+    x = _activations("cpu", torch.float32)
+    q = quantize_e4m3(x)
+    assert q.dtype == torch.float8_e4m3fn and q.shape == x.shape
+    assert q[0, :4].float().tolist() == [448.0, -448.0, 448.0, -448.0]
+    assert torch.equal(q, x.clamp(-448, 448).to(torch.float8_e4m3fn))
+    gq = quantize_e4m3(x, gelu=True)
+    assert torch.equal(gq, torch.nn.functional.gelu(x, approximate="tanh").clamp(-448, 448).to(torch.float8_e4m3fn))
+    # the cast path of a product with gelu_input multiplies GELU(x)
+    w = torch.randn(16, 96, generator=torch.Generator().manual_seed(1)).to(torch.float8_e4m3fn)
+    want = torch.nn.functional.gelu(x, approximate="tanh") @ w.float().T
+    assert rel(fp8_linear(x, w, None, None, gelu_input=True), want) < 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel runs on CUDA")
+def test_quantize_e4m3_triton_kernel_matches_torch():
+    from dummy_forcing_core.fast_kernels import quantize_e4m3
+    x = _activations("cuda", torch.bfloat16)
+    got = quantize_e4m3(x)
+    assert torch.equal(got, quantize_e4m3(x, use_triton=False))  # both round the same value once (RNE)
+    gelu = quantize_e4m3(x, gelu=True).float()
+    exact = torch.nn.functional.gelu(x.float(), approximate="tanh").clamp(-448, 448)
+    # one rounding to e4m3 (3 mantissa bits) of the float32 GELU: within half a step (2^-4 relative)
+    assert ((gelu - exact).abs() <= exact.abs() * 2 ** -4 + 2 ** -9).all()
+    assert gelu[0, :2].tolist() == [448.0, 0.0]  # GELU(1000) clamps, GELU(-1e4) is 0
