@@ -4,12 +4,15 @@
 One child process per mode, each a fresh ComfyUI started as main.py would start it:
   * dynamic: ComfyUI's default on NVIDIA since dynamic VRAM (weights streamed layer by layer);
   * legacy:  --disable-dynamic-vram (the model loaded whole when it fits);
-  * novram:  --novram (ComfyUI keeps nearly all weights in host memory: partial loading).
+  * novram:  --novram (ComfyUI keeps nearly all weights in host memory: partial loading);
+  * dynamic-fp8: dynamic VRAM, Load Diffusion Model weight_dtype fp8_e4m3fn_fast (fp8 weights,
+    fp8 products).
 Per mode it loads one causal Wan2.1 checkpoint (random weights, Wan2.1 1.3B geometry unless
 --geometry tiny; written once with ComfyUI's own key names and the causal_ar flag) with
 comfy.sd.load_diffusion_model (what Load Diffusion Model runs), and times, on a 480p latent of
 --frames latent frames (chunks of 3, 4 steps, cfg 1):
-  * pack_df: Apply Dummy Forcing -> AR Video Sampler (the pack's sampler);
+  * pack_df: Apply Dummy Forcing -> AR Video Sampler (the pack's sampler), given core's sigmas
+    (BasicScheduler simple, 4 steps) and NOISE (RandomNoise 0), so it computes what core_df does;
   * core_df: Apply Dummy Forcing -> ComfyUI's own Sampler AR Video (the pack's cache inside it);
   * core:    ComfyUI's own Sampler AR Video with its own dense cache (no pack);
   * pack_df_streamed (dynamic only): pack_df with the non-dynamic delegate turned off, i.e. on
@@ -42,7 +45,9 @@ import types
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEOMETRIES = {"1.3b": dict(dim=1536, ffn_dim=8960, num_layers=30), "tiny": dict(dim=256, ffn_dim=512, num_layers=2)}
 LATENT_HW = {"1.3b": (60, 104), "tiny": (8, 8)}
-MODES = {"dynamic": [], "legacy": ["--disable-dynamic-vram"], "novram": ["--novram"]}
+MODES = {"dynamic": [], "legacy": ["--disable-dynamic-vram"], "novram": ["--novram"], "dynamic-fp8": []}
+# Load Diffusion Model's weight_dtype per mode (what UNETLoader puts in model_options)
+WEIGHT_OPTIONS = {"dynamic-fp8": "fp8_e4m3fn_fast"}
 
 
 def av_placeholder():
@@ -150,8 +155,11 @@ def child(a):
     model_loading.make_runner = spy
     dev = mm.get_torch_device()
     t0 = time.perf_counter()
-    model = comfy.sd.load_diffusion_model(a.ckpt)
-    out = {"mode": a.mode, "dynamic_vram": dynamic, "patcher": type(model).__name__,
+    options = {}
+    if WEIGHT_OPTIONS.get(a.mode) == "fp8_e4m3fn_fast":  # as UNETLoader does
+        options = {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}
+    model = comfy.sd.load_diffusion_model(a.ckpt, model_options=options)
+    out = {"mode": a.mode, "dynamic_vram": dynamic, "weight_dtype": WEIGHT_OPTIONS.get(a.mode, "default"), "patcher": type(model).__name__,
            "diffusion_model": type(model.model.diffusion_model).__name__,
            "load_s": time.perf_counter() - t0, "model_bytes": model.model_size(), "runs": {}}
     h, w = LATENT_HW[a.geometry]
@@ -166,20 +174,23 @@ def child(a):
     def apply_df(m):
         return ApplyDummyForcing.execute(model=m, **df_args).args[0]
 
-    def pack(m):
+    def sigmas_of(m):  # BasicScheduler simple, 4 steps
+        return comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "simple", 4)
+
+    def pack(m):  # given core's sigmas and NOISE (RandomNoise 0), it computes what core_df computes
         o = ARVideoSampler.execute(model=m, positive=positive, latent=latent, seed=0, denoise_timesteps="",
                                    steps=4, shift=0.0, frames_per_chunk=3, cache="full", sink_frames=3,
-                                   window_frames=12, context_timestep=0, start_frames=0).args
+                                   window_frames=12, context_timestep=0, start_frames=0, sigmas=sigmas_of(m),
+                                   noise=ncs.Noise_RandomNoise(0)).args
         return o[0]["samples"], o[1]
 
     def core(m):
         guider = comfy.samplers.CFGGuider(m)
         guider.set_conds(positive, negative)
         guider.set_cfg(1.0)
-        sigmas = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "simple", 4)
         sampler = comfy.samplers.ksampler("ar_video", {"num_frame_per_block": 3})
         noise = ncs.Noise_RandomNoise(0)
-        x = guider.sample(noise.generate_noise(latent), latent["samples"], sampler, sigmas, seed=0)
+        x = guider.sample(noise.generate_noise(latent), latent["samples"], sampler, sigmas_of(m), seed=0)
         return x, core_ar_loop.last_stats(m)
 
     def timed(name, fn, m, repeats):
@@ -221,10 +232,11 @@ def child(a):
             model_loading._delegate = keep
 
     repeats = 1 if a.mode == "novram" else 2
+    only_pack = a.mode in ("novram", "dynamic-fp8")
     cases = [("pack_df", pack, apply_df(model))]
     if a.mode == "dynamic":
         cases.append(("pack_df_streamed", streamed, model))
-    if a.mode != "novram":
+    if not only_pack:
         cases += [("core_df", core, apply_df(model)), ("core", core, model)]
     for name, fn, m in cases:
         try:
@@ -250,7 +262,7 @@ def main():
     ap.add_argument("--comfyui", required=True, help="a ComfyUI checkout (0.21+)")
     ap.add_argument("--geometry", default="1.3b", choices=sorted(GEOMETRIES))
     ap.add_argument("--frames", type=int, default=21, help="latent frames (21 = 81 video frames)")
-    ap.add_argument("--modes", default="legacy,dynamic,novram")
+    ap.add_argument("--modes", default="legacy,dynamic,novram,dynamic-fp8")
     ap.add_argument("--cpu", action="store_true", help="harness smoke test on the CPU")
     ap.add_argument("--out", default=None)
     ap.add_argument("--work", default=None, help="folder for the checkpoint and latents (default: a temp dir)")

@@ -83,8 +83,19 @@ class FastOptions:
 
 
 def _flags_plain(m: nn.Module) -> bool:
-    return (not getattr(m, "comfy_cast_weights", False) and not getattr(m, "weight_function", None)
-            and not getattr(m, "bias_function", None) and not m._forward_hooks and not m._forward_pre_hooks)
+    """No weight patches applied at call time (ComfyUI's ``weight_function`` / ``bias_function``
+    and its dynamic-VRAM ``*_lowvram_function`` LoRA patches) and no hooks. A ComfyUI layer that
+    casts its parameters at call time (``comfy_cast_weights``) qualifies: the fast path casts
+    them too, once (the device and dtype checks catch weights that are not loaded)."""
+    return (not getattr(m, "weight_function", None) and not getattr(m, "bias_function", None)
+            and getattr(m, "weight_lowvram_function", None) is None and getattr(m, "bias_lowvram_function", None) is None
+            and not m._forward_hooks and not m._forward_pre_hooks)
+
+
+def _castable(t: torch.Tensor | None, device) -> bool:
+    """A small parameter (bias, norm weight) the fast path casts to the compute dtype: any
+    float dtype (fp8 included, as ComfyUI's fp8 weight dtypes store them), on ``device``."""
+    return t is None or (_plain_tensor(t) and t.dtype.is_floating_point and _same_device(t.device, device))
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -115,11 +126,10 @@ def plain_linear(m, dtype, device) -> bool:
 
 def fp8_linear_layer(m, dtype, device) -> bool:
     """A linear layer with an fp8 weight on ``device`` (ComfyUI's cast-on-call layers included,
-    but no weight patches: those need the host's own call), bias in ``dtype`` or none."""
+    but no weight patches: those need the host's own call), bias in any float dtype or none."""
     w = getattr(m, "weight", None)
-    return (is_fp8(w) and _plain_tensor(w) and w.ndim == 2 and _same_device(w.device, device) and _on(getattr(m, "bias", None), dtype, device)
-            and not getattr(m, "weight_function", None) and not getattr(m, "bias_function", None)
-            and not m._forward_hooks and not m._forward_pre_hooks)
+    return (is_fp8(w) and _plain_tensor(w) and w.ndim == 2 and _same_device(w.device, device)
+            and _castable(getattr(m, "bias", None), device) and _flags_plain(m))
 
 
 class Lin(NamedTuple):
@@ -134,7 +144,7 @@ def _plain_layernorm(m, dim, affine: bool, dtype, device) -> bool:
     if not isinstance(m, nn.LayerNorm) or tuple(m.normalized_shape) != (dim,) or not _flags_plain(m):
         return False
     if affine:
-        return m.weight is not None and m.bias is not None and _on(m.weight, dtype, device) and _on(m.bias, dtype, device)
+        return m.weight is not None and m.bias is not None and _castable(m.weight, device) and _castable(m.bias, device)
     return m.weight is None and m.bias is None
 
 
@@ -174,6 +184,7 @@ class FusedForward:
                  options: FastOptions):
         self.model, self.g, self.dtype, self.device, self.opts = model, geometry, dtype, torch.device(device), options
         self._weights: dict[int, _LayerWeights] = {}
+        self._casts: dict[int, tuple] = {}  # id(param) -> (its version, the param in the compute dtype)
         self._gelu_checked: bool | None = None
         self._consts: dict = {}
         self._side = None
@@ -231,9 +242,18 @@ class FusedForward:
             return fp8_linear(x, lin.w, lin.b, lin.scale, self._fp8_matmul())
         return F.linear(x, lin.w, lin.b)
 
-    @staticmethod
-    def _lin(m) -> Lin:
-        return Lin(m.weight, m.bias, fp8_scale(m) if is_fp8(m.weight) else None)
+    def _cast(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """A small parameter in the compute dtype (kept until the parameter changes)."""
+        if t is None or t.dtype == self.dtype:
+            return t
+        ver = _version(t)
+        hit = self._casts.get(id(t))
+        if hit is None or hit[0] != ver:
+            hit = self._casts[id(t)] = (ver, t.detach().to(self.dtype))
+        return hit[1]
+
+    def _lin(self, m) -> Lin:
+        return Lin(m.weight, self._cast(m.bias), fp8_scale(m) if is_fp8(m.weight) else None)
 
     def layer_weights(self, i: int, order: list[int]) -> _LayerWeights:
         sa = self.model.blocks[i].self_attn
@@ -255,8 +275,8 @@ class FusedForward:
                 chan = (torch.tensor(order, device=self.device)[:, None] * D
                         + torch.arange(D, device=self.device)[None]).flatten()
             pick = (lambda t: t) if chan is None else (lambda t: None if t is None else t.index_select(0, chan))
-            q, k, v = (Lin(pick(m.weight), pick(m.bias), self._lin(m).scale) for m in (sa.q, sa.k, sa.v))
-            nq, nk = pick(sa.norm_q.weight), pick(sa.norm_k.weight)
+            q, k, v = (Lin(pick(m.weight), pick(self._cast(m.bias)), self._lin(m).scale) for m in (sa.q, sa.k, sa.v))
+            nq, nk = pick(self._cast(sa.norm_q.weight)), pick(self._cast(sa.norm_k.weight))
             o = self._lin(sa.o)
             if chan is not None:
                 o = Lin(o.w.index_select(1, chan), o.b, o.scale)
@@ -275,6 +295,7 @@ class FusedForward:
     def clear(self):
         """Drop derived weight copies (they are rebuilt on demand)."""
         self._weights.clear()
+        self._casts.clear()
 
     # -- pieces -----------------------------------------------------------------------------
     def _gelu_ok(self) -> bool:
@@ -405,9 +426,9 @@ class FusedForward:
                 y = self._mm(att.reshape(B, L, C), lw.o)
                 # x += y * gate1; h = norm3(x)
                 h = self._norm_mod(x_, Fr, _eps(block.norm3, dt), y=y, gate=mod[:, :, 2],
-                                   mul=block.norm3.weight, add=block.norm3.bias)
+                                   mul=self._cast(block.norm3.weight), add=self._cast(block.norm3.bias))
                 cq = self._mm(h, self._lin(ca.q)).view(B * L, C)
-                cq = self._rms(cq, ca.norm_q.weight, _eps(ca.norm_q, dt), None, None, L).view(B, L, H, D)
+                cq = self._rms(cq, self._cast(ca.norm_q.weight), _eps(ca.norm_q, dt), None, None, L).view(B, L, H, D)
                 ck, cv = text.kv[i]
                 cy = F.scaled_dot_product_attention(cq.transpose(1, 2), ck, cv).transpose(1, 2).reshape(B, L, C)
                 y = self._mm(cy, self._lin(ca.o))

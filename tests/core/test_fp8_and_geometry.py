@@ -177,3 +177,61 @@ def test_quantize_e4m3_triton_kernel_matches_torch():
     # one rounding to e4m3 (3 mantissa bits) of the float32 GELU: within half a step (2^-4 relative)
     assert ((gelu - exact).abs() <= exact.abs() * 2 ** -4 + 2 ** -9).all()
     assert gelu[0, :2].tolist() == [448.0, 0.0]  # GELU(1000) clamps, GELU(-1e4) is 0
+
+
+class _CastLinear(torch.nn.Linear):
+    """Like ComfyUI's manual_cast layers: parameters cast to the input's dtype at call time."""
+    comfy_cast_weights = True
+
+    def forward(self, x):
+        return torch.nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+class _CastLayerNorm(torch.nn.LayerNorm):
+    comfy_cast_weights = True
+
+    def forward(self, x):
+        w = None if self.weight is None else self.weight.to(x.dtype)
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, w, b, self.eps)
+
+
+class _CastRMSNorm(torch.nn.RMSNorm):
+    comfy_cast_weights = True
+
+    def forward(self, x):
+        return torch.nn.functional.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
+def comfy_fp8_weight_dtype(model):
+    """What Load Diffusion Model's weight_dtype fp8_e4m3fn makes of a model: every parameter of
+    the blocks and the head in fp8 (biases, norms and modulation too), cast-on-call layers."""
+    swap = {torch.nn.Linear: _CastLinear, torch.nn.LayerNorm: _CastLayerNorm, torch.nn.RMSNorm: _CastRMSNorm}
+    for part in list(model.blocks) + [model.head]:
+        for mod in part.modules():
+            if type(mod) in swap:
+                mod.__class__ = swap[type(mod)]
+        for p in part.parameters(recurse=True):
+            p.data = p.data.to(torch.float8_e4m3fn)
+    return model
+
+
+def test_comfyui_fp8_weight_dtype_runs_the_fused_path():
+    """ComfyUI stores biases, norm weights and modulation in fp8 too: the fused path casts them
+    once (no longer a reason for the reference loop) and computes what the reference loop does."""
+    model = comfy_fp8_weight_dtype(make_tiny_wan(layers=2, heads=4, head_dim=16, seed=5, dtype=torch.float32))
+    assert model.blocks[0].norm3.bias.dtype == torch.float8_e4m3fn and model.blocks[0].modulation.dtype == torch.float8_e4m3fn
+    spec = CacheSpec(dummy_forcing=DummyForcingConfig(dummy_heads=0.5, profile_sample_fraction=1.0))
+    st = SamplerSettings(timesteps=(1000, 500), seed=2)
+    shape = (1, 16, 12, H_LAT, W_LAT)
+    fast = ChunkRunner(model, dtype=torch.float32, fast=True)
+    assert fast.fast_path is not None, fast.fast_reason
+    ref = generate(ChunkRunner(model, dtype=torch.float32, fast=False), ctx(), shape, st, spec)
+    got = generate(fast, ctx(), shape, st, spec)
+    assert rel(got.latent, ref.latent) < 1e-5
+    # a changed parameter is seen (the cast copies are rebuilt)
+    with torch.no_grad():
+        model.blocks[1].norm3.bias.copy_((model.blocks[1].norm3.bias.float() + 0.5).to(torch.float8_e4m3fn))
+    ref2 = generate(ChunkRunner(model, dtype=torch.float32, fast=False), ctx(), shape, st, spec)
+    got2 = generate(fast, ctx(), shape, st, spec)
+    assert rel(got2.latent, ref2.latent) < 1e-5 and rel(got2.latent, got.latent) > 1e-4

@@ -169,4 +169,26 @@ except mm.InterruptProcessingException:
     res["cancel_raised"] = True
 after, _, _, _ = core(df)
 res["df_after_cancel_equal"] = bool(torch.equal(after, got))
+
+
+def fused_vs_reference(m):
+    """The core's fused forward on a model from ComfyUI's loader against its reference loop
+    (ComfyUI's own layer calls), float32 on the CPU."""
+    from DFPack.dummy_forcing_core.chunk_runner import ChunkRunner
+    from DFPack.dummy_forcing_core.sampler import SamplerSettings, generate
+    dm = m.model.diffusion_model
+    fast = ChunkRunner(dm, dtype=torch.float32, device="cpu", fast=True)
+    if fast.fast_path is None:
+        return fast.fast_reason, None
+    ctx = positive[0][0]
+    shape, st = (1, 16, 6, 8, 8), SamplerSettings(chunk_frames=1, timesteps=(1000.0, 500.0), seed=1)
+    a = generate(fast, ctx, shape, st).latent
+    b = generate(ChunkRunner(dm, dtype=torch.float32, device="cpu", fast=False), ctx, shape, st).latent
+    return fast.fast_reason, rel(a, b)
+
+
+res["fused_default_reason"], res["fused_default_rel"] = fused_vs_reference(model)
+fp8 = comfy.sd.load_diffusion_model(ckpt, model_options={"dtype": torch.float8_e4m3fn})  # weight_dtype fp8_e4m3fn
+res["fp8_param_dtypes"] = sorted({str(p.dtype) for p in fp8.model.diffusion_model.blocks.parameters()})
+res["fused_fp8_reason"], res["fused_fp8_rel"] = fused_vs_reference(fp8)
 print(json.dumps(res))

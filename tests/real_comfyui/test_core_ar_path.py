@@ -52,6 +52,16 @@ def test_dummy_forcing_in_cores_loop(measured):
     assert measured["i2v_changes_video_rel"] > 1e-2 and measured["i2v_chunks"] == 5  # 1 given + 5 generated
 
 
+def test_fused_forward_reads_comfys_loaded_models(measured):
+    """The fused forward accepts the layers ComfyUI's loader builds, also with weight_dtype
+    fp8_e4m3fn (every block parameter fp8, cast-on-call layers), and computes what ComfyUI's
+    own layer calls compute."""
+    assert measured["fp8_param_dtypes"] == ["torch.float8_e4m3fn"]
+    for kind in ("default", "fp8"):
+        assert measured[f"fused_{kind}_reason"] == "on", measured[f"fused_{kind}_reason"]
+        assert measured[f"fused_{kind}_rel"] < 1e-5, kind
+
+
 def test_cores_dense_cache_is_not_allocated(measured):
     assert measured["core_dense_kv_bytes"] > 0  # core alone: K/V of every frame, allocated up front
     assert measured["pack_run_core_kv_bytes"] == 0 and measured["df_core_kv_bytes"] == 0
