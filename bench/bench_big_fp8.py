@@ -116,6 +116,11 @@ def main(argv=None):
     ap.add_argument("--skip-small", action="store_true")
     ap.add_argument("--time-budget", type=float, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--big-weights", default="bf16,fp8",
+                    help="14B weight sets: 'bf16,fp8' (bf16 rows, then the same model quantised in place), or one "
+                         "of them alone in this process (fp8: quantised right after it is drawn, fp8 products)")
+    ap.add_argument("--big-variants", default="", help="14B caches per resolution with --big-weights of one set "
+                                                        "(default df,full,window)")
     ap.add_argument("--memory-only", action="store_true",
                     help="14B fp8 Dummy Forcing at 480p only, with a per-pass peak-memory trace (graphs on and off)")
     args = ap.parse_args(argv)
@@ -215,6 +220,24 @@ def main(argv=None):
     # -- 14B: bf16, then the same model in scaled fp8 ---------------------------------------------
     cfg = TINY_BIG if args.tiny else WAN21_14B
     ctx = torch.randn(1, 16 if args.tiny else 512, cfg.text_dim, generator=torch.Generator().manual_seed(1)).to(dev, dtype)
+    big_sets = [w for w in args.big_weights.split(",") if w]
+    if not over() and args.big_resolutions and len(big_sets) == 1:  # one weight set, fresh from the start
+        t = time.perf_counter()
+        big = random_model(cfg, dev, dtype)
+        if big_sets[0] == "fp8":
+            big = quantize_fp8(big)
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        meta[f"big_{big_sets[0]}_weight_bytes"] = param_bytes(big)
+        log(f"\n## 14B geometry, {big_sets[0]} weights only: {param_bytes(big) / 2 ** 30:.2f} GiB, built in "
+            f"{time.perf_counter() - t:.1f} s")
+        weights, fast = ("fp8 matmul", FastOptions(fp8_matmul=True)) if big_sets[0] == "fp8" else ("bf16", None)
+        for res in [r for r in args.big_resolutions.split(",") if r]:
+            for variant in [v for v in (args.big_variants or "df,full,window").split(",") if v]:
+                measure(big, "14B", weights, fast, res, variant, ctx)
+        del big
+        args.big_resolutions = ""
     if not over() and args.big_resolutions:
         t = time.perf_counter()
         big = random_model(cfg, dev, dtype)
