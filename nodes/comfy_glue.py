@@ -340,8 +340,8 @@ def prepare_run(model, latent, conditioning, conditioning_name: str, settings: S
         check_finite(samples[:, :, :start_frames], "input", "latent")
     contexts = conditioning_contexts(conditioning, conditioning_name, text_dim_of(model), samples.shape[0])
     prompts = prompt_schedule(conditioning, contexts, conditioning_name) if schedule else None
-    plan = plan_run(geom, samples.shape, settings, spec, start_frames, model_loading.compute_dtype(model), given_in_one_piece,
-                    prompts)
+    plan = plan_run(geom, samples.shape, settings, spec, start_frames, model_loading.compute_dtype(model),
+                    given_in_one_piece, prompts)
     progress = Progress(model, plan.passes * videos)
     progress.check()
     B, C, _, Hh, Ww = samples.shape
