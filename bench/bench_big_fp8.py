@@ -23,7 +23,6 @@ import copy
 import datetime
 import gc
 import json
-import math
 import os
 import sys
 import time
@@ -36,34 +35,14 @@ for p in (ROOT, os.path.join(ROOT, "bench")):
 
 import torch  # noqa: E402
 
-from bench_dit import LABELS, RESOLUTIONS, TINY, TINY_RESOLUTIONS, fmt_bytes, rel, run_variant, sync, warmup  # noqa: E402
+from bench_dit import (LABELS, RESOLUTIONS, TINY, TINY_RESOLUTIONS, WAN21_14B, fmt_bytes, random_model, rel,  # noqa: E402
+                       run_variant, sync, warmup)
 from dummy_forcing_core.chunk_runner import ChunkRunner  # noqa: E402
 from dummy_forcing_core.fp8 import fp8_matmul_available, quantize_fp8  # noqa: E402
 from dummy_forcing_core.fused_forward import FastOptions  # noqa: E402
-from dummy_forcing_core.wan_model import WAN21_1_3B, WanConfig, WanModel  # noqa: E402
+from dummy_forcing_core.wan_model import WAN21_1_3B, WanConfig  # noqa: E402
 
-WAN21_14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 TINY_BIG = WanConfig(dim=128, ffn_dim=352, num_heads=8, num_layers=3, text_dim=32, freq_dim=32)
-
-
-@torch.no_grad()
-def random_model(cfg: WanConfig, dev, dtype, seed=0) -> WanModel:
-    """A WanModel with init_random's scheme, drawn on ``dev`` directly in ``dtype`` (a 14B model
-    never exists in float32 or on the host)."""
-    with torch.device("meta"):
-        model = WanModel(cfg)
-    model = model.to_empty(device=dev).to(dtype)
-    g = torch.Generator(device=dev).manual_seed(seed)
-    for name, p in model.named_parameters():
-        if name.endswith(("norm_q.weight", "norm_k.weight", "norm3.weight")):
-            p.fill_(1.0)
-        elif p.ndim == 1:
-            p.normal_(0.0, 0.02, generator=g)
-        elif name.endswith("modulation"):
-            p.normal_(0.0, 0.1, generator=g)
-        else:
-            p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()), generator=g)
-    return model.eval().requires_grad_(False)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ What it measures (DiT only, VAE decode excluded; text encoder excluded):
   * speedup of Dummy Forcing over sink 3 + window 12 (and full) measured in the same run.
 
 Usage (GPU):  python bench/bench_dit.py --out bench/results.json
+       (14B, fp8 products):  python bench/bench_dit.py --geometry 14b --weights fp8-matmul --resolutions 480p,720p \
+                             --variants full,window,df --long-frames 0
        (CPU smoke test, tiny geometry, seconds):  python bench/bench_dit.py --device cpu --tiny
 Weights are random (speed does not depend on their values) unless --checkpoint is given.
 """
@@ -49,6 +51,8 @@ from dummy_forcing_core.wan_model import WAN21_1_3B, WanConfig, WanModel  # noqa
 RESOLUTIONS = {"480p": (60, 104), "720p": (90, 160), "1080p": (136, 240)}
 TINY_RESOLUTIONS = {"480p": (6, 10), "720p": (8, 14), "1080p": (10, 16)}
 TINY = WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=32, freq_dim=32)
+WAN21_14B = WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)  # Wan2.1-14B, Krea Realtime 14B
+GEOMETRIES = {"1.3b": WAN21_1_3B, "14b": WAN21_14B}
 
 VARIANTS = ("full", "window", "df", "df_nopack", "long")
 LABELS = {"full": "full cache", "window": "sink 3 + window 12", "df": "Dummy Forcing (50%, L=1, packed)",
@@ -83,6 +87,26 @@ def gib(n):
     return n / 2 ** 30
 
 
+@torch.no_grad()
+def random_model(cfg: WanConfig, dev, dtype, seed=0) -> WanModel:
+    """A WanModel with init_random's scheme, drawn on ``dev`` directly in ``dtype`` (a 14B model
+    never exists in float32 or on the host)."""
+    with torch.device("meta"):
+        model = WanModel(cfg)
+    model = model.to_empty(device=dev).to(dtype)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith(("norm_q.weight", "norm_k.weight", "norm3.weight")):
+            p.fill_(1.0)
+        elif p.ndim == 1:
+            p.normal_(0.0, 0.02, generator=g)
+        elif name.endswith("modulation"):
+            p.normal_(0.0, 0.1, generator=g)
+        else:
+            p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()), generator=g)
+    return model.eval().requires_grad_(False)
+
+
 def build_model(args, dev, dtype):
     if args.checkpoint:
         from dummy_forcing_core.convert import load_wan_state_dict
@@ -92,10 +116,13 @@ def build_model(args, dev, dtype):
         model = WanModel(cfg)
         model.load_state_dict(sd)
         weights = f"checkpoint {os.path.basename(args.checkpoint)}"
-    else:
+    elif args.tiny or args.geometry == "1.3b":
         cfg = TINY if args.tiny else WAN21_1_3B
         model = WanModel(cfg).init_random(seed=0)
         weights = "random weights"
+    else:  # drawn on the device: the 14B never exists in float32
+        cfg = GEOMETRIES[args.geometry]
+        model, weights = random_model(cfg, dev, dtype), "random weights (drawn on the device)"
     model = model.to(device=dev, dtype=dtype).eval().requires_grad_(False)
     if args.weights != "bf16":  # ComfyUI's scaled fp8 (per-tensor scale) in every block's linear layers
         model = quantize_fp8(model)
@@ -453,6 +480,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny geometry (CPU smoke test)")
     ap.add_argument("--checkpoint", default=None, help="real Wan2.1 weights (.safetensors); default random")
+    ap.add_argument("--geometry", default="1.3b", choices=sorted(GEOMETRIES),
+                    help="random weights of Wan2.1 1.3B or 14B (Krea Realtime 14B); --tiny for a CPU smoke test")
     ap.add_argument("--resolutions", default="480p,720p,1080p")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--frames", type=int, default=21, help="latent frames (21 = 81 video frames)")
