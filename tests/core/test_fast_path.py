@@ -106,6 +106,26 @@ def test_unsupported_modules_keep_the_reference_loop(model):
     assert r.fast_path is None and "plain Linear" in r.fast_reason
 
 
+@pytest.mark.parametrize("patch", ["weight_function", "bias_function", "weight_lowvram_function", "elsewhere", None])
+def test_comfys_call_time_weight_patches_keep_the_reference_loop(patch):
+    """A ComfyUI layer that only casts its weights (comfy_cast_weights) runs fused; one whose
+    call applies a patch (LoRA on the fly: weight_function, dynamic VRAM's lowvram functions) or
+    whose weights are not on the device does not."""
+    m = make_tiny_wan(layers=2, heads=4, head_dim=16, seed=3)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Linear):
+            mod.comfy_cast_weights = True
+    lin = m.blocks[1].self_attn.o
+    if patch == "elsewhere":
+        lin.weight = torch.nn.Parameter(lin.weight.detach().to("meta"), requires_grad=False)
+    elif patch == "weight_lowvram_function":
+        lin.weight_lowvram_function = lambda w: w
+    elif patch is not None:
+        setattr(lin, patch, [lambda w: w])
+    r = ChunkRunner(m, fast=True)
+    assert (r.fast_path is None) == (patch is not None), r.fast_reason
+
+
 def test_fused_kernel_fallbacks_equal_the_plain_formulas():
     g = torch.Generator().manual_seed(0)
     B, Fr, T, C = 2, 3, 5, 24
