@@ -316,3 +316,22 @@ def test_fp8_fast_weight_dtype_asks_for_fp8_products(stub_model_patcher):
     m2 = stub_model_patcher(tiny_wan(), shift=5.0)
     m2.model.model_config.optimizations["fp8"] = True
     assert fp8_fast(m2)
+
+
+def test_both_samplers_get_fp8_products_from_one_place(stub_model_patcher, monkeypatch):
+    """model_loading.make_runner (AR Video Sampler and core's Sampler AR Video alike) turns
+    weight_dtype fp8_e4m3fn_fast into the fused forward's fp8 products where it can run."""
+    import sys
+    from node_helpers import load_pack
+    load_pack()
+    ml = sys.modules["ComfyUI_Dummy_Forcing.nodes.model_loading"]
+    core_loop = sys.modules["ComfyUI_Dummy_Forcing.nodes.core_ar_loop"]
+    assert core_loop.model_loading is ml  # core's loop builds its runner here too
+    m = stub_model_patcher(tiny_wan(), shift=5.0)
+    m.model_options["fp8_optimizations"] = True
+    assert ml.make_runner(m).fast_path is None  # on the CPU: the reference loop, as auto says
+    monkeypatch.setattr(ml, "_fused_forward_possible", lambda model: True)
+    r = ml.make_runner(m)
+    assert r.fast_path is not None and r.fast_path.opts.fp8_matmul
+    m.model_options["fp8_optimizations"] = False
+    assert ml.make_runner(m).fast_path is None  # no fp8 ask: auto again (CPU: off)
