@@ -188,6 +188,9 @@ class FusedForward:
         self._gelu_checked: bool | None = None
         self._consts: dict = {}
         self._side = None
+        # head-parallel (head_parallel.py): sums a partial layer's output projection over the
+        # processes that hold the layer's other heads (in place); None: layers are never partial
+        self.reduce = None
         self.graphs = PassGraphs(self.device, options.max_graphs)
         self.reason = self._check()
 
@@ -265,21 +268,26 @@ class FusedForward:
             return w
         self._weights.pop(i, None)
         H, D, C = self.g.num_heads, self.g.head_dim, self.g.dim
-        identity = list(order) == list(range(H))
+        # a partial layer (head-parallel) lists only this process's heads; q / k / v are still
+        # made for every head (the RMSNorm spans the whole row), this process's heads first
+        full_order = list(order) + [h for h in range(H) if h not in set(order)]
+        identity = full_order == list(range(H)) and len(order) == H
         copies = self._copy_budget_ok()
         permute = not identity and self.opts.group_heads and copies
         fuse = self.opts.fuse_qkv and copies
+
+        def channels(heads):
+            return (torch.tensor(heads, device=self.device)[:, None] * D
+                    + torch.arange(D, device=self.device)[None]).flatten()
+
         with torch.no_grad():
-            chan = None
-            if permute:
-                chan = (torch.tensor(order, device=self.device)[:, None] * D
-                        + torch.arange(D, device=self.device)[None]).flatten()
+            chan = channels(full_order) if permute else None
             pick = (lambda t: t) if chan is None else (lambda t: None if t is None else t.index_select(0, chan))
             q, k, v = (Lin(pick(m.weight), pick(self._cast(m.bias)), self._lin(m).scale) for m in (sa.q, sa.k, sa.v))
             nq, nk = pick(self._cast(sa.norm_q.weight)), pick(self._cast(sa.norm_k.weight))
             o = self._lin(sa.o)
-            if chan is not None:
-                o = Lin(o.w.index_select(1, chan), o.b, o.scale)
+            if permute:  # the output projection reads this process's heads only
+                o = Lin(o.w.index_select(1, channels(list(order))), o.b, o.scale)
             qkv = None
             if fuse:
                 qkv = _concat(q, k, v, C, self.dtype, self.device)
@@ -333,6 +341,19 @@ class FusedForward:
             pre = self._mm(h2, lin0)
             return fp8_linear(pre, lin2.w, lin2.b, lin2.scale, True, gelu_input=True)
         return self._mm(self._ffn_in(h2, lin0), lin2)
+
+    def _partial_out(self, att: torch.Tensor, lw: _LayerWeights, H: int) -> torch.Tensor:
+        """The output projection of a partial layer: this process's heads' share, summed over
+        the processes by ``reduce``, the bias added once."""
+        if self.reduce is None:
+            raise RuntimeError("a head-parallel cache (heads split across processes) needs the runner's reduce")
+        B, L, n, D = att.shape
+        if lw.gather is not None:  # unpermuted weights: the other heads' inputs are 0
+            full = att.new_zeros((B, L, H, D))
+            att = full.index_copy_(2, lw.gather, att)
+        y = self._mm(att.reshape(B, L, -1), Lin(lw.o.w, None, lw.o.scale))
+        self.reduce(y)
+        return y if lw.o.b is None else y + lw.o.b
 
     def _norm_mod(self, *args, **kw):
         return residual_norm_modulate(*args, use_triton=None if self.opts.fused_kernels else False, **kw)
@@ -416,14 +437,21 @@ class FusedForward:
                     v = self._mm(h, lw.v).view(B, L, H, D)
                 q = self._rms(qs, lw.nq, _eps(sa.norm_q, dt), cos, sin, L).view(B, L, H, D)
                 k = self._rms(ks, lw.nk, _eps(sa.norm_k, dt), cos, sin, L).view(B, L, H, D)
+                layer = cache.layers[i]
+                n = len(layer.order)
                 if lw.gather is not None:
                     q, k, v = (t.index_select(2, lw.gather) for t in (q, k, v))
+                elif n < H:  # partial, permuted: this process's heads come first
+                    q, k, v = q[:, :, :n], k[:, :, :n], v[:, :, :n]
                 att = attend_ordered(cache, i, q, k, v, None if probe is None else
                                      (lambda qq, kk, grp, i=i: _probe_default_sdpa(probe, i, qq, kk, grp, self.device)),
                                      side_stream=side)
-                if lw.scatter is not None:
-                    att = att.index_select(2, lw.scatter)
-                y = self._mm(att.reshape(B, L, C), lw.o)
+                if layer.partial:
+                    y = self._partial_out(att, lw, H)
+                else:
+                    if lw.scatter is not None:
+                        att = att.index_select(2, lw.scatter)
+                    y = self._mm(att.reshape(B, L, C), lw.o)
                 # x += y * gate1; h = norm3(x)
                 h = self._norm_mod(x_, Fr, _eps(block.norm3, dt), y=y, gate=mod[:, :, 2],
                                    mul=self._cast(block.norm3.weight), add=self._cast(block.norm3.bias))

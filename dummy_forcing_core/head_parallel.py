@@ -10,8 +10,14 @@ and each rank keeps only its heads' K/V (``KVCache.local_heads``). From then on 
 over its heads only and one all-reduce per layer ([B, L, H, D]; the others' heads are 0 in it)
 gives every rank the whole layer's output.
 
-The split is in the reference loop (``ChunkRunner.attend``); the fused forward is off on a
-head-parallel runner. Backend: NCCL on GPUs, gloo on CPUs.
+The split works in both engines. The reference loop (``ChunkRunner.attend``) attends over
+this rank's heads, leaves the others' outputs 0 and all-reduces [B, L, H, D] per layer. The
+fused forward (``fused_forward.py``, a partial layer) computes q / k / v for every head (Wan's
+RMSNorm spans all heads), attends over this rank's, multiplies them by their columns of the
+output projection and all-reduces that [B, L, C] share, the bias added once: attention and the
+output projection are split, the rest runs on every rank. CUDA graphs stay off on a
+head-parallel runner (a collective inside a captured pass is not checked here). Backend: NCCL
+on GPUs, gloo on CPUs.
 
     python -m torch.distributed.run --nproc_per_node 2 -m dummy_forcing_core.head_parallel \\
         --prompt "a big red circle at top left moving right fast, on a navy plain background"
@@ -19,6 +25,7 @@ head-parallel runner. Backend: NCCL on GPUs, gloo on CPUs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -77,11 +84,15 @@ def assign_heads(costs: list[list[float]], world: int) -> list[list[list[int]]]:
 
 class HeadParallelRunner(ChunkRunner):
     """A ChunkRunner whose caches split their heads across the ranks of ``group`` after the
-    regroup (see the module docstring). Always the reference loop."""
+    regroup (see the module docstring). ``fast``: as ChunkRunner's (None: the fused forward on
+    CUDA in bf16 / fp16), always without CUDA graphs."""
 
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None, device=None, group=None):
-        super().__init__(model, dtype=dtype, device=device, fast=False)
-        self.fast_reason = "off: head-parallel runs the reference loop"
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None, device=None, group=None,
+                 fast=None):
+        super().__init__(model, dtype=dtype, device=device, fast=fast)
+        if self.fast_path is not None:
+            self.fast_path.opts = dataclasses.replace(self.fast_path.opts, cuda_graphs=False)
+            self.fast_path.reduce = self._reduce
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
@@ -101,6 +112,9 @@ class HeadParallelRunner(ChunkRunner):
         dist.broadcast_object_list(obj, src=dist.get_global_rank(self.group, 0) if self.group else 0, group=self.group)
         self.assignment = obj[0]
         return self.assignment[self.rank]
+
+    def _reduce(self, t: torch.Tensor) -> None:
+        dist.all_reduce(t, group=self.group)
 
     def attend(self, cache: KVCache, layer: int, q, k, v, probe=None) -> torch.Tensor:
         out = attend(cache, layer, q, k, v, probe)
@@ -130,6 +144,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dummy-heads", type=float, default=0.5)
     ap.add_argument("--out", default="out/head_parallel.safetensors", help="latent written by rank 0")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="compute dtype; bfloat16 on GPUs runs the fused forward")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -137,7 +153,7 @@ def main(argv=None) -> int:
         rank = dist.get_rank()
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
         model, text_encoder = load_tiny(device=device)
-        runner = HeadParallelRunner(model, dtype=torch.float32, device=device)
+        runner = HeadParallelRunner(model, dtype=getattr(torch, args.dtype), device=device)
         tc = model.tiny_config
         with torch.no_grad():
             ctx = text_encoder.encode([args.prompt]).to(device)

@@ -13,6 +13,7 @@ from helpers import make_tiny_wan, rel
 from dummy_forcing_core.cache_policy import CacheSpec
 from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
+from dummy_forcing_core.fused_forward import FastOptions
 from dummy_forcing_core.head_parallel import HeadParallelRunner, assign_heads, rank_stats
 from dummy_forcing_core.kv_cache import GroupSpec, Retention
 from dummy_forcing_core.prompt_schedule import PromptSchedule
@@ -41,10 +42,12 @@ def spec(switch=False):
                                                       reprofile_on_prompt_switch=switch == "reprofile"))
 
 
-def _worker(rank, world, rdv, out_dir, switch):
+def _worker(rank, world, rdv, out_dir, switch, fast=False):
     dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world)
     try:
-        runner = HeadParallelRunner(model(), dtype=torch.float64)
+        opts = {False: False, True: True, "gather": FastOptions(group_heads=False)}[fast]  # gather: unpermuted weights
+        runner = HeadParallelRunner(model(), dtype=torch.float64, fast=opts)
+        assert (runner.fast_path is not None) == (fast is not False), runner.fast_reason
         res = generate(runner, video_input(switch), SHAPE, SETTINGS, spec(switch))
         ranks = rank_stats(res.stats, runner)
         torch.save({"latent": res.latent, "ranks": ranks, "assignment": runner.assignment},
@@ -53,15 +56,18 @@ def _worker(rank, world, rdv, out_dir, switch):
         dist.destroy_process_group()
 
 
-def run_ranks(world, tmp_path, switch=False):
-    mp.spawn(_worker, args=(world, str(tmp_path / "rdv"), str(tmp_path), switch), nprocs=world, join=True)
+def run_ranks(world, tmp_path, switch=False, fast=False):
+    mp.spawn(_worker, args=(world, str(tmp_path / "rdv"), str(tmp_path), switch, fast), nprocs=world, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
-@pytest.mark.parametrize("world,switch", [(2, False), (3, False), (2, "recache"), (3, "reprofile")])
-def test_ranks_make_the_single_process_video(world, switch, tmp_path):
+@pytest.mark.parametrize("world,switch,fast", [(2, False, False), (3, False, False), (2, "recache", False),
+                                               (3, "reprofile", False), (2, False, True), (3, "recache", True),
+                                               (2, False, "gather")])
+def test_ranks_make_the_single_process_video(world, switch, fast, tmp_path):
+    """Reference loop and fused forward (split attention + output projection) alike."""
     single = generate(ChunkRunner(model(), dtype=torch.float64), video_input(switch), SHAPE, SETTINGS, spec(switch))
-    outs = run_ranks(world, tmp_path, switch)
+    outs = run_ranks(world, tmp_path, switch, fast)
     for o in outs:  # every rank ends with the whole video
         assert rel(o["latent"], single.latent) < 1e-12
     ranks = outs[0]["ranks"]
