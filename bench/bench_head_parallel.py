@@ -45,7 +45,7 @@ from dummy_forcing_core.sampler import generate  # noqa: E402
 
 
 def clip(runner, ctx, hw, frames, dev):
-    """One warm-up clip (one step), then the timed clip: (steady chunk s, stats, peak bytes)."""
+    """One warm-up clip (one step), then the timed clip: (steady chunk s, stats, peak bytes, latent)."""
     settings, spec = variant_settings("df")
     shape = (1, 16, frames, *hw)
     generate(runner, ctx, shape, dataclasses.replace(settings, timesteps=(1000.0,)), spec)
@@ -56,7 +56,7 @@ def clip(runner, ctx, hw, frames, dev):
     st = res.stats
     tail = st.chunk_seconds[st.switch_chunk:] if st.switch_chunk is not None else st.chunk_seconds
     peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0
-    return statistics.median(tail), st, peak
+    return statistics.median(tail), st, peak, res.latent
 
 
 def main():
@@ -68,11 +68,15 @@ def main():
     ap.add_argument("--resolutions", default="480p,720p")
     ap.add_argument("--frames", type=int, default=21)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--one-gpu", action="store_true",
+                    help="a check, not a speed: every rank on cuda:0 with gloo (the split's CUDA path on one card)")
+    ap.add_argument("--check", action="store_true", help="rank 0 also runs one process's runner: latent rel diff")
     args = ap.parse_args()
     cuda = args.device == "cuda"
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group("nccl" if cuda and not args.one_gpu else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    local = 0 if args.one_gpu else int(os.environ.get("LOCAL_RANK", 0))
+    dev = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(dev)
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -88,23 +92,27 @@ def main():
         for res in [r for r in args.resolutions.split(",") if r]:
             hw = table[res]
             runner = HeadParallelRunner(model, dtype=dtype, device=dev, fast=fast if cuda else True)
-            s, st, peak = clip(runner, ctx, hw, args.frames, dev)
+            s, st, peak, latent = clip(runner, ctx, hw, args.frames, dev)
             shares = rank_stats(st, runner)
             peaks = [None] * world
             dist.all_gather_object(peaks, peak)
             row = {"res": res, "world": world, "engine": runner.fast_reason, "steady_chunk_s": s,
                    "fps_steady": 12 / s, "peak_bytes_per_rank": peaks, "ranks": shares,
                    "chunk_seconds": st.chunk_seconds}
-            if world == 1:  # the ordinary runner, CUDA graphs on
-                s1, _, p1 = clip(ChunkRunner(model, dtype=dtype, device=dev, fast=fast if cuda else True), ctx, hw,
-                                 args.frames, dev)
-                row.update(single_runner_fps_steady=12 / s1, single_runner_peak_bytes=p1)
+            if world == 1 or (args.check and rank == 0):  # the ordinary runner, CUDA graphs on
+                s1, _, p1, one = clip(ChunkRunner(model, dtype=dtype, device=dev, fast=fast if cuda else True), ctx,
+                                      hw, args.frames, dev)
+                row.update(single_runner_fps_steady=12 / s1, single_runner_peak_bytes=p1,
+                           latent_rel_diff_vs_single=float((latent.double() - one.double()).norm() / one.double().norm()))
+            if args.check:
+                dist.barrier()
             rows.append(row)
             if rank == 0:
                 print(f"{res} world {world}: {row['fps_steady']:.2f} FPS steady, peak per GPU "
                       f"{', '.join(f'{p / 2 ** 30:.1f}' for p in peaks)} GiB, heads per layer "
                       f"{[r['heads_per_layer'][0] for r in shares]}, engine {runner.fast_reason}"
-                      + (f"; single-GPU runner {row['single_runner_fps_steady']:.2f} FPS" if world == 1 else ""),
+                      + (f"; single-GPU runner {row['single_runner_fps_steady']:.2f} FPS, latent rel diff "
+                         f"{row['latent_rel_diff_vs_single']:.1e}" if "single_runner_fps_steady" in row else ""),
                       flush=True)
             del runner
     finally:
