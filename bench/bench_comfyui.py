@@ -26,8 +26,9 @@ weights, same seed; the streamed run against legacy pack_df), core_df against pa
 
 Usage (GPU): python bench/bench_comfyui.py --comfyui COMFYUI_DIR --out bench/results_comfyui_h200.json
        (CPU smoke test of the harness): python bench/bench_comfyui.py --comfyui DIR --geometry tiny --cpu
-ComfyUI's video types import PyAV; where it is missing (a bare GPU image) a placeholder module
-stands in, since nothing here reads or writes video.
+ComfyUI's own Python requirements must import (on a bare GPU image: comfy-aimdo, comfy-kitchen,
+torchsde, trampoline, simpleeval as wheels); its video types import PyAV, and where that is
+missing a placeholder module stands in, since nothing here reads or writes video.
 """
 from __future__ import annotations
 
