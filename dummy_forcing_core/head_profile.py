@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .attention_profiler import AttentionProfiler
+from .bounded_json import loads_bounded
 from .cache_policy import UniformPolicy
 from .chunk_plan import ChunkPlan
 from .errors import SettingError
@@ -223,12 +224,15 @@ class HeadProfile:
             raise ValueError(f"{damaged}: it has no 'scores' tensor")
         if not scores.is_floating_point():
             raise ValueError(f"{damaged}: 'scores' is {scores.dtype}, not a float tensor")
-        try:
-            fp = json.loads(meta["fingerprint"])
-            settings = json.loads(meta.get("settings", "{}"))
-            num_samples = json.loads(meta.get("num_samples", "1"))
-        except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"{damaged}: bad metadata ({e})") from e
+        if "fingerprint" not in meta:
+            raise ValueError(f"{damaged}: its metadata has no 'fingerprint'")
+        decoded = {}
+        for key, default in (("fingerprint", None), ("settings", "{}"), ("num_samples", "1")):
+            try:
+                decoded[key] = loads_bounded(meta.get(key, default))
+            except (ValueError, TypeError) as e:  # not JSON, or nested absurdly deep
+                raise ValueError(f"{damaged}: bad metadata entry '{key}' ({e})") from None
+        fp, settings, num_samples = decoded["fingerprint"], decoded["settings"], decoded["num_samples"]
         if not isinstance(fp, dict):
             raise ValueError(f"{damaged}: its fingerprint is a {type(fp).__name__}, not a JSON object")
         try:

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..bounded_json import NestingError, loads_bounded
 from ..wan_model import WanModel
 from .base_model import _Model, _open_model
 from .common import ConversionError, UsageError, _all_finite, _finite_positive, _not_finite, _same_file
@@ -209,9 +210,11 @@ def load_converted(path: str, num_heads: int | None = None) -> tuple[WanModel, d
     meta: dict[str, Any] = {}
     for k, v in raw_meta.items():
         try:
-            meta[k] = json.loads(v)
+            meta[k] = loads_bounded(v)
+        except NestingError as exc:
+            raise ConversionError(f"{path}: metadata entry {k!r} is {exc}; the file is damaged or crafted") from None
         except (TypeError, ValueError):
-            meta[k] = v
+            meta[k] = v  # plain text metadata
     ours = meta.get("dummy_forcing") if isinstance(meta.get("dummy_forcing"), dict) else {}
     if num_heads is None:
         num_heads = ours.get("num_heads")

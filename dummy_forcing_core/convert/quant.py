@@ -2,11 +2,11 @@
 into fp8 weights plus float32 scales, and dequantized as ``weight.float() * scale``."""
 from __future__ import annotations
 
-import json
 from typing import Mapping, NamedTuple
 
 import torch
 
+from ..bounded_json import loads_bounded
 from .common import ConversionError, _all_finite
 from .names import _strip_name
 
@@ -16,11 +16,13 @@ class _Quant(NamedTuple):
     kind: str            # 'comfy_scaled_fp8' | 'comfy_quant'
 
 
-def _comfy_quant_format(v: torch.Tensor) -> str | None:
+def _comfy_quant_format(v: torch.Tensor, key: str, source: str) -> str | None:
     try:
-        return json.loads(bytes(v.to(torch.uint8).tolist()).decode("utf-8")).get("format")
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        return None
+        parsed = loads_bounded(bytes(v.to(torch.uint8).tolist()).decode("utf-8"))
+    except ValueError as exc:  # not JSON, not UTF-8, nested absurdly deep
+        raise ConversionError(f"{source}: tensor {key!r} is not a readable comfy_quant JSON entry ({exc}); "
+                              f"the file is damaged") from None
+    return parsed.get("format") if isinstance(parsed, dict) else None
 
 
 def _split_quantization(sd: dict, meta: Mapping[str, str], source: str) -> tuple[dict, dict[str, _Quant]]:
@@ -32,20 +34,20 @@ def _split_quantization(sd: dict, meta: Mapping[str, str], source: str) -> tuple
     formats: dict[str, str] = {}
     if "_quantization_metadata" in meta:
         try:
-            layers = json.loads(meta["_quantization_metadata"]).get("layers", {})
+            layers = loads_bounded(meta["_quantization_metadata"]).get("layers", {})
             formats.update({_strip_name(k): v.get("format") for k, v in layers.items() if isinstance(v, dict)})
-        except (ValueError, AttributeError):
-            raise ConversionError(f"{source}: unreadable _quantization_metadata entry") from None
+        except (ValueError, AttributeError) as exc:
+            raise ConversionError(f"{source}: unreadable _quantization_metadata entry ({exc})") from None
     out, scales = {}, {}
     for k, v in sd.items():
         layer, _, leaf = k.rpartition(".")
         if k == "scaled_fp8" or leaf in ("scale_input", "input_scale"):
             continue  # a marker / activation scales: not needed to rebuild the weights
         if leaf == "comfy_quant":
-            formats[layer] = _comfy_quant_format(v)
+            formats[layer] = _comfy_quant_format(v, k, source)
         elif leaf in ("scale_weight", "weight_scale"):
             kind = "comfy_scaled_fp8" if leaf == "scale_weight" else "comfy_quant"
-            scales[f"{layer}.weight"] = (v, kind)
+            scales[f"{layer}.weight"] = (v, kind, k)
         else:
             out[k] = v
     quant: dict[str, _Quant] = {}
@@ -57,13 +59,19 @@ def _split_quantization(sd: dict, meta: Mapping[str, str], source: str) -> tuple
         w = out.get(f"{layer}.weight")
         if w is not None and w.dtype == torch.uint8:
             out[f"{layer}.weight"] = w.view(getattr(torch, fmt))
-    for wkey, (s, kind) in scales.items():
+    for wkey, (s, kind, skey) in scales.items():
         w = out.get(wkey)
         if w is None:
-            raise ConversionError(f"{source}: scale for {wkey!r} but no such weight")
+            raise ConversionError(f"{source}: scale {skey!r} for {wkey!r} but no such weight")
         if not s.is_floating_point() or s.layout != torch.strided or not _all_finite(s):
-            raise ConversionError(f"{source}: the fp8 scale of {wkey!r} is not a finite float tensor")
+            raise ConversionError(f"{source}: the fp8 scale {skey!r} of {wkey!r} is not a finite float tensor "
+                                  f"(NaN / inf, or not floating point); the file is damaged")
         s = s.float()
+        if s.numel() and float(s.min()) <= 0:  # a zero scale zeroes the layer, a negative one flips its sign
+            bad = int((s <= 0).sum())
+            raise ConversionError(f"{source}: the fp8 scale {skey!r} of {wkey!r} has {bad} of {s.numel()} value(s) "
+                                  f"<= 0 (min {float(s.min()):g}); it would zero or sign-flip the layer: the file is "
+                                  f"damaged, get it again")
         if s.numel() != 1 and (s.ndim != w.ndim or any(a not in (1, b) for a, b in zip(s.shape, w.shape))):
             raise ConversionError(f"{source}: the fp8 scale of {wkey!r} has shape {tuple(s.shape)}, which does not "
                                   f"broadcast to the weight {tuple(w.shape)}")

@@ -10,7 +10,6 @@ unpickling is refused. Zip-format pickles are checked member by member against t
 Weights must be finite, dense, floating point; LoRA factors, ranks and alphas likewise."""
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -19,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from ..bounded_json import loads_bounded
 from .common import ConversionError, _progress
 
 SAFETENSORS_EXTS = (".safetensors", ".sft")
@@ -63,7 +63,7 @@ def _read_index(path: str) -> dict:
     """The ``weight_map`` {tensor name: shard file name} of a sharded-safetensors index json."""
     try:
         with open(path, encoding="utf-8") as f:
-            index = json.load(f)
+            index = loads_bounded(f.read())
     except (OSError, ValueError) as exc:
         raise ConversionError(f"{path}: could not be read as a safetensors index json ({exc})") from None
     wmap = index.get("weight_map") if isinstance(index, dict) else None
@@ -197,9 +197,11 @@ def _read_sharded(index_path: str) -> tuple[dict, dict]:
     if os.path.isfile(config):
         try:
             with open(config, encoding="utf-8") as f:
-                heads = json.load(f).get("num_attention_heads") or None
-        except (OSError, ValueError, AttributeError):
-            heads = None
+                parsed = loads_bounded(f.read())
+        except (OSError, ValueError) as exc:
+            raise ConversionError(f"{config}: could not be read as JSON ({exc}); fix or remove it (the converter "
+                                  f"reads only its num_attention_heads)") from None
+        heads = (parsed.get("num_attention_heads") or None) if isinstance(parsed, dict) else None
         if isinstance(heads, int) and heads > 0:
             meta["_config_num_heads"] = str(heads)
     return sd, meta
