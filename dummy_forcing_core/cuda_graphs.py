@@ -121,7 +121,8 @@ class PassGraphs:
             return eager(sx, st, RopeTable(scos, ssin), cache, text)
 
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self._stream):
+        # thread_local: a decode running on another thread (pixel_stream) may use CUDA meanwhile
+        with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
             out, grid = fn()
         self.stats["captures"] += 1
         return _GraphEntry(graph, sx, st, scos, ssin, out, grid, 0, cache.scratch_state(), (text, keep), fn)

@@ -35,7 +35,7 @@ import torch
 from .cache_policy import CachePolicy, CacheSpec
 from .chunk_plan import ChunkPlan, plan_chunks
 from .chunk_runner import ChunkRunner
-from .errors import SettingError
+from .errors import SettingError, model_not_finite
 from .geometry import ModelGeometry, check_latent
 from .kv_cache import kv_bytes
 from .prompt_schedule import PromptSchedule, PromptSwitch
@@ -214,7 +214,7 @@ def generate(runner: ChunkRunner, context: torch.Tensor | PromptSchedule, shape:
              settings: SamplerSettings = SamplerSettings(), cache=CacheSpec(),
              start_latent: torch.Tensor | None = None, start_frames: int = 0, callback=None,
              time_chunks: bool = True, initial_noise: torch.Tensor | None = None,
-             given_in_one_piece: bool = False) -> GenerationResult:
+             given_in_one_piece: bool = False, chunk_done=None) -> GenerationResult:
     """Generate a video latent of ``shape`` = (B, C, F, H, W) for the text ``context``
     [B or 1, L_text, text_dim] (or a PromptSchedule: the prompt switches at the chunks holding
     its start frames, re-caching when ``settings.recache``) with the cache policy ``cache`` (a CacheSpec, or any spec with
@@ -222,8 +222,11 @@ def generate(runner: ChunkRunner, context: torch.Tensor | PromptSchedule, shape:
     ``start_frames`` frames are given (in chunks, or in one piece with ``given_in_one_piece``,
     as ComfyUI's ARVideoI2V). ``callback(ProgressEvent)`` runs after every denoising step;
     and re-cache pass; raising from it cancels the run (nothing is kept). ``initial_noise``: the whole latent's
-    start noise (a NOISE input) for the ``"comfy"`` noise layout. Returns the latent and the
-    run's statistics; later frames stay zero when the policy ends the video early."""
+    start noise (a NOISE input) for the ``"comfy"`` noise layout. ``chunk_done(f0, x)``
+    receives every piece of the video once it is final (given frames, then each chunk, in frame
+    order; x [B, C, n, H, W] in model space, never written again): pixels can be decoded while
+    later chunks are made. Returns the latent and the run's statistics; later frames stay zero
+    when the policy ends the video early."""
     prompts = PromptSchedule.of(context)
     run = plan_run(runner.geometry, shape, settings, cache, start_frames, runner.dtype, given_in_one_piece, prompts)
     plan = run.chunks
@@ -259,6 +262,8 @@ def generate(runner: ChunkRunner, context: torch.Tensor | PromptSchedule, shape:
             x = start_latent[:, :, f0:f0 + n].to(device=device, dtype=work)
             out[:, :, f0:f0 + n] = x
             session.write(x, torch.zeros(B, device=device, dtype=work), f0)
+            if chunk_done is not None:
+                chunk_done(f0, x)
         for ci, (f0, n) in enumerate(plan.chunks):
             if ci in switch_at:
                 planned = run.recache_passes[ci]
@@ -276,6 +281,8 @@ def generate(runner: ChunkRunner, context: torch.Tensor | PromptSchedule, shape:
                     s_next = sigmas[k + 1]
                     x = (1.0 - s_next) * x0 + s_next * noise.fresh(ci, k, x0)
             out[:, :, f0:f0 + n] = x0
+            if chunk_done is not None:
+                chunk_done(f0, x0)
             xc = x0 if ctx_sigma == 0 else (1.0 - ctx_sigma) * x0 + ctx_sigma * noise.fresh(ci, len(sigmas), x0)
             session.write(xc, torch.full((B,), float(settings.context_timestep), device=device, dtype=work), f0)
             if session.done:
@@ -290,5 +297,4 @@ def check_output(latent: torch.Tensor) -> None:
     """A video with NaN / inf (one host sync per video): the inputs were checked finite, so the
     model made them; say so rather than hand on a black video."""
     if not bool(torch.isfinite(latent).all()):
-        raise SettingError("input", "model", "the model produced NaN or infinite values: its weights may be damaged "
-                           "(a broken or wrongly converted file), or the compute dtype overflows (fp16: try bf16)")
+        raise model_not_finite()
