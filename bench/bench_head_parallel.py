@@ -41,6 +41,7 @@ from dummy_forcing_core.chunk_runner import ChunkRunner  # noqa: E402
 from dummy_forcing_core.fp8 import quantize_fp8  # noqa: E402
 from dummy_forcing_core.fused_forward import FastOptions  # noqa: E402
 from dummy_forcing_core.head_parallel import HeadParallelRunner, rank_stats  # noqa: E402
+from dummy_forcing_core.rank_agreement import RankMismatch, agree  # noqa: E402
 from dummy_forcing_core.sampler import generate  # noqa: E402
 
 
@@ -79,6 +80,14 @@ def main():
     dev = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(dev)
+    try:  # every rank the same arguments (the runner checks weights, latent and text itself)
+        agree({f"--{k.replace('_', '-')}": v for k, v in sorted(vars(args).items()) if k != "out"}, "settings",
+              hint="start every process with the same arguments")
+    except RankMismatch as exc:
+        if rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        dist.destroy_process_group()
+        return 1
     dtype = torch.bfloat16 if cuda else torch.float32
     cfg = TINY if args.tiny else GEOMETRIES[args.geometry]
     model = random_model(cfg, dev, dtype)
@@ -126,4 +135,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,6 +10,14 @@ and each rank keeps only its heads' K/V (``KVCache.local_heads``). From then on 
 over its heads only and one all-reduce per layer ([B, L, H, D]; the others' heads are 0 in it)
 gives every rank the whole layer's output.
 
+Every rank must run the same weights, settings, latent and text; the runner checks that they do
+(``rank_agreement.agree``, one all-gather of small hashes) before any work: the weights, compute
+dtype and engine when it is made, the latent's shape and the cache settings with each new cache,
+the text with each prompt, the first pass's input (noise: the seed) of each cache, and the head
+types at the regroup. A difference raises the same :class:`~.rank_agreement.RankMismatch` on
+every rank, naming what differs, instead of a wrong video or a hang. A tool that knows its
+settings checks them too, before loading anything (see ``head_parallel_cli``).
+
 The split works in both engines. The reference loop (``ChunkRunner.attend``) attends over
 this rank's heads, leaves the others' outputs 0 and all-reduces [B, L, H, D] per layer. The
 fused forward (``fused_forward.py``, a partial layer) computes q / k / v for every head (Wan's
@@ -38,12 +46,15 @@ from .attention import attend
 from .cache_policy import CacheSpec
 from .chunk_runner import ChunkRunner
 from .dummy_forcing import DummyForcingConfig
-from .kv_cache import GroupSpec, KVCache
+from .kv_cache import FULL, GroupSpec, KVCache, Retention
+from .rank_agreement import RankMismatch, agree
 from .sampler import SamplerSettings, generate
 from .tiny.codec import PixelCodec
 from .tiny.model import load_tiny
 
-__all__ = ["head_costs", "assign_heads", "HeadParallelRunner", "rank_stats", "main"]
+__all__ = ["head_costs", "assign_heads", "HeadParallelRunner", "rank_stats", "RankMismatch", "main"]
+
+SAME_EVERYWHERE = "start every process with the same command line, model file and inputs"
 
 
 def head_costs(specs: list[list[GroupSpec]], total_frames: int, chunk_frames: int) -> list[list[int]]:
@@ -96,18 +107,42 @@ class HeadParallelRunner(ChunkRunner):
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
-        if self.geometry.num_heads < self.world:
-            raise ValueError(f"{self.world} ranks for {self.geometry.num_heads} heads per layer: use at most "
-                             f"{self.geometry.num_heads} processes")
+        self._agree({"model weights": model, "compute dtype": self.dtype,
+                     "engine": "fused forward" if self.fast_path is not None else "reference loop"}, "model")
+        if self.geometry.num_heads < self.world:  # the same on every rank now: one error each, no hang
+            raise RankMismatch(f"head-parallel: {self.world} processes for {self.geometry.num_heads} heads per layer: "
+                               f"start at most {self.geometry.num_heads} processes (--nproc_per_node)")
         self.assignment: list[list[list[int]]] | None = None  # [rank][layer] -> heads, of the last regroup
+        self._check_next_pass = False
 
-    def new_cache(self, *args, **kwargs) -> KVCache:
-        cache = super().new_cache(*args, **kwargs)
+    def _agree(self, items: dict, what: str) -> None:
+        agree(items, what, group=self.group, device=self.device, hint=SAME_EVERYWHERE)
+
+    def new_cache(self, batch: int, height: int, width: int, total_frames: int, chunk_frames: int,
+                  retention: Retention = FULL, capacity_frames: int | None = None) -> KVCache:
+        self._agree({"batch": batch, "latent height": height, "latent width": width, "latent frames": total_frames,
+                     "chunk frames": chunk_frames, "cache retention": retention, "cache capacity frames": capacity_frames},
+                    "latent and cache")
+        cache = super().new_cache(batch, height, width, total_frames, chunk_frames, retention, capacity_frames)
         cache.shard_heads = lambda specs: self._shard(specs, cache.total_frames, cache.max_chunk_frames)
+        self._check_next_pass = True
         return cache
 
+    def encode_text(self, context: torch.Tensor):
+        self._agree({"text context": context}, "prompt")
+        return super().encode_text(context)
+
+    def forward(self, x, timesteps, start_frame, text, cache, commit=False, probe=None, position=None):
+        if self._check_next_pass:  # the first pass of a cache: its noise (the seed) and timesteps
+            self._check_next_pass = False
+            self._agree({"first pass input (noise: seed, start latent)": x, "timesteps": timesteps,
+                         "start frame": start_frame}, "video")
+        return super().forward(x, timesteps, start_frame, text, cache, commit=commit, probe=probe, position=position)
+
     def _shard(self, specs, total_frames: int, chunk_frames: int) -> list[list[int]]:
-        # every rank computes the same specs; rank 0's assignment is the one all use
+        # the specs (head types: the Dummy Forcing settings and the profiled scores) must match; rank 0's
+        # assignment is then the one all use
+        self._agree({"head types at the regroup": specs}, "Dummy Forcing head types")
         obj = [assign_heads(head_costs(specs, total_frames, chunk_frames), self.world) if self.rank == 0 else None]
         dist.broadcast_object_list(obj, src=dist.get_global_rank(self.group, 0) if self.group else 0, group=self.group)
         self.assignment = obj[0]
@@ -149,26 +184,42 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank()
     try:
-        rank = dist.get_rank()
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-        model, text_encoder = load_tiny(device=device)
-        runner = HeadParallelRunner(model, dtype=getattr(torch, args.dtype), device=device)
-        tc = model.tiny_config
-        with torch.no_grad():
-            ctx = text_encoder.encode([args.prompt]).to(device)
-        C, _, h, w = PixelCodec(tc["codec"]["factor"]).latent_shape(args.frames, tc["data"]["size"], tc["data"]["size"])
-        spec = CacheSpec(dummy_forcing=DummyForcingConfig(dummy_heads=args.dummy_heads))
-        settings = SamplerSettings(chunk_frames=tc["train"]["chunk_frames"], seed=args.seed)
-        res = generate(runner, ctx, (1, C, args.frames, h, w), settings, spec)
-        res.stats.ranks = rank_stats(res.stats, runner)
+        if cuda:
+            torch.cuda.set_device(device)
+        # the settings first, before anything is loaded (--out: only rank 0 writes)
+        agree({f"--{k.replace('_', '-')}": v for k, v in sorted(vars(args).items()) if k != "out"}, "settings",
+              hint="start every process with the same arguments")
+        return _run(args, rank, device)
+    except RankMismatch as exc:  # the same error on every rank: said once
         if rank == 0:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            save_file({"latent": res.latent.contiguous().cpu()}, args.out)
-            print(res.stats.to_text())
-            print(f"latent: {args.out}")
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as exc:  # this rank's own trouble (a file, a setting)
+        print(f"error (rank {rank}): {exc}", file=sys.stderr)
+        return 1
     finally:
         dist.destroy_process_group()
+
+
+def _run(args, rank: int, device: torch.device) -> int:
+    model, text_encoder = load_tiny(device=device)
+    runner = HeadParallelRunner(model, dtype=getattr(torch, args.dtype), device=device)
+    tc = model.tiny_config
+    with torch.no_grad():
+        ctx = text_encoder.encode([args.prompt]).to(device)
+    C, _, h, w = PixelCodec(tc["codec"]["factor"]).latent_shape(args.frames, tc["data"]["size"], tc["data"]["size"])
+    spec = CacheSpec(dummy_forcing=DummyForcingConfig(dummy_heads=args.dummy_heads))
+    settings = SamplerSettings(chunk_frames=tc["train"]["chunk_frames"], seed=args.seed)
+    res = generate(runner, ctx, (1, C, args.frames, h, w), settings, spec)
+    res.stats.ranks = rank_stats(res.stats, runner)
+    if rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        save_file({"latent": res.latent.contiguous().cpu()}, args.out)
+        print(res.stats.to_text())
+        print(f"latent: {args.out}")
     return 0
 
 
