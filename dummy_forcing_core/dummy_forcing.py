@@ -31,7 +31,7 @@ import torch
 
 from .attention_profiler import AttentionProfiler
 from .chunk_plan import ChunkPlan
-from .errors import SettingError
+from .errors import SettingError, model_not_finite
 from .geometry import ModelGeometry
 from .head_profile import HeadProfile
 from .head_program import HeadType, program_heads, resolve_dummy_count
@@ -155,9 +155,15 @@ class DummyForcingConfig:
                 continue
             missing = sorted(set(ret.kept_frame_ids(history)) - kept)
             if missing:
-                raise _err(blame[t], f"at 'ar_start' = {a} the base cache ({base.describe()}) no longer holds frames "
-                           f"{missing} that {t.label} heads keep ('{blame[t]}'); use the full base cache, a larger "
-                           "base sink / window, or a smaller '" + blame[t] + "'")
+                # the base cache's own widgets (AR Video Sampler's or AR Cache Policy's) that would keep them
+                lower = ", or lower {setting}" if getattr(self, blame[t]) > 1 else ""
+                raise SettingError(
+                    OWNER, blame[t],
+                    f"at 'ar_start' = {a} the base cache ({base.describe()}) no longer holds frames {missing} that "
+                    f"{t.label} heads keep ({{setting}}): set {{cache}} to 'full', raise {{base_sink}} to "
+                    f"{max(missing) + 1} or {{base_window}} to {history - min(missing)}{lower}",
+                    refs={"cache": ("cache", "cache"), "base_sink": ("cache", "sink_frames"),
+                          "base_window": ("cache", "window_frames")})
         return n
 
     # -- use --------------------------------------------------------------------------------------
@@ -242,25 +248,28 @@ class DummyForcingPolicy:
 
     def after_commit(self, chunk: int, cache, stats, source=None) -> None:
         if chunk == self.cfg.ar_start:
-            self._program(cache, stats, self.cfg.head_profile.scores if self.cfg.head_profile is not None else None)
+            self._program(chunk, cache, stats,
+                          self.cfg.head_profile.scores if self.cfg.head_profile is not None else None)
             stats.switch_chunk = chunk + 1
         elif chunk == self._reprofile_chunk:
             before = self.assignment
-            self._program(cache, stats, None, source)
+            self._program(chunk, cache, stats, None, source)
             self._reprofile_chunk = None
             dummy = int(HeadType.DUMMY)
             was, now = before == dummy, self.assignment == dummy
             stats.prompt_switches[-1].update(reprofiled=True, profile_seconds=self.profiler.elapsed_s,
                                              dummy_overlap=float((was & now).sum()) / max(int(was.sum()), 1))
 
-    def _program(self, cache, stats, scores=None, source=None) -> None:
-        """Program the heads from ``scores`` (None: the profiler's) and regroup the cache (from
-        ``source`` = (full view, its frames) after a prompt switch)."""
+    def _program(self, chunk: int, cache, stats, scores=None, source=None) -> None:
+        """Program the heads from ``scores`` (None: the profiler's, measured on ``chunk``'s cache
+        pass) and regroup the cache (from ``source`` = (full view, its frames) after a prompt switch)."""
         if cache.device.type == "cuda":  # once per video: the profiled pass finishes outside the regroup timer
             torch.cuda.synchronize(cache.device)
         t0 = time.perf_counter()
         if scores is None:
             scores = self.profiler.scores()
+            if not bool(torch.isfinite(scores).all()):  # the inputs were checked finite: the model made them
+                raise model_not_finite(f" in the attention Dummy Forcing profiled (chunk {chunk})")
             if source is None:
                 stats.profile_seconds = self.profiler.elapsed_s
         self.scores = scores

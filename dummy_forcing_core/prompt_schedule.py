@@ -47,6 +47,9 @@ class PromptSchedule:
         if not self.entries:
             raise SettingError("input", self.name, f"the '{self.name}' input holds no prompt")
         starts = [int(f) for f, _ in self.entries]
+        if min(starts) < 0:
+            raise SettingError("input", self.name, f"a prompt of '{self.name}' starts at latent frame {min(starts)}: "
+                               "frames are numbered from 0")
         if starts[0] != 0:
             raise SettingError("input", self.name, f"the first prompt of '{self.name}' starts at latent frame "
                                f"{starts[0]}: nothing says what frames 0..{starts[0] - 1} show; give the first prompt "

@@ -29,7 +29,7 @@ from dummy_forcing_core.prompt_schedule import PromptSchedule, latent_frame_of
 from dummy_forcing_core.sampler import RunPlan, SamplerSettings, plan_run
 
 from . import core_ar_loop, model_loading
-from .core_ar_loop import CACHE_SPEC_KEY
+from .core_ar_loop import CACHE_SPEC_KEY, PROMPT_START_KEY
 
 log = logging.getLogger("dummy_forcing")
 
@@ -166,9 +166,6 @@ def conditioning_contexts(cond, name: str, text_dim: int | None, batch: int) -> 
     return out
 
 
-PROMPT_START_KEY = "dummy_forcing_start"  # a CONDITIONING entry's dict: the latent frame its prompt starts at
-
-
 def tag_prompt_start(cond, start: float, unit: str) -> list:
     """A copy of ``cond`` whose entries say their prompt starts at ``start`` (seconds or latent frames)."""
     check_finite(start, "input", "start")
@@ -177,6 +174,9 @@ def tag_prompt_start(cond, start: float, unit: str) -> list:
     elif unit == "latent frames":
         if start != int(start):
             raise SettingError("input", "start", f"'start' = {start} latent frames is not a whole frame")
+        if start < 0:  # a linked value skips the widget's min
+            raise SettingError("input", "start", f"'start' = {start} latent frames is before the video: use 0 (its "
+                               "first frame) or later")
         frame = int(start)
     else:
         raise SettingError("input", "unit", f"'unit' must be 'seconds' or 'latent frames', got {unit!r}")

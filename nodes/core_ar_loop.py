@@ -20,6 +20,11 @@ globally; ComfyUI removes the object patches when it unpatches the model):
   cache pass, as core's loop makes them. That the cache passes came at sigma 0 (and only
   they) is checked once when the video ends, so no pass waits for the GPU. Other calls go to
   the model's own forward.
+
+A MODEL whose diffusion model is not causal (a plain Wan2.1 checkpoint, without ComfyUI's
+``causal_ar`` flag) gets only a ``SAMPLER_SAMPLE`` wrapper that, in core's AR loop, says how to
+run it (convert it, or use AR Video Sampler) instead of core's error about missing methods.
+What the run needs (the session) lives in the run's transformer_options only while it samples.
 """
 from __future__ import annotations
 
@@ -29,22 +34,26 @@ import torch
 
 import comfy.patcher_extension
 
-from dummy_forcing_core.geometry import ModelGeometry
+from dummy_forcing_core.errors import SettingError, check_finite
+from dummy_forcing_core.geometry import ModelGeometry, check_latent
 from dummy_forcing_core.sampler import SamplerSettings, check_output, plan_run
 from dummy_forcing_core.video_session import VideoSession
 
 from . import model_loading
 from .node_errors import node_errors
 
-__all__ = ["CACHE_SPEC_KEY", "is_causal_ar", "install", "last_stats"]
+__all__ = ["CACHE_SPEC_KEY", "PROMPT_START_KEY", "is_causal_ar", "install", "last_stats"]
 
 CACHE_SPEC_KEY = "dummy_forcing"           # transformer_options[...] -> CacheSpec (the model's settings)
 SESSION_KEY = "dummy_forcing_session"      # transformer_options[...] -> the running video's driver
+PROMPT_START_KEY = "dummy_forcing_start"   # a CONDITIONING entry's dict: the latent frame its prompt starts at
 HOOK_KEY = "dummy_forcing"
 CORE_SAMPLER = "Sampler AR Video"
+# who shows a setting in core's loop: owner, or (owner, name) -> node ("guider": CFGGuider's
+# inputs and widgets; "i2v": ARVideoI2V's)
 OWNERS = {"dummy_forcing": "Apply Dummy Forcing", "cache": "AR Cache Policy", "sampler": CORE_SAMPLER,
-          "input": "SamplerCustomAdvanced"}
-RENAMES = {"frames_per_chunk": "num_frame_per_block", "start_frames": "ARVideoI2V start image"}
+          "input": "SamplerCustomAdvanced", ("input", "positive"): "CFGGuider", "guider": "CFGGuider",
+          "i2v": "ARVideoI2V"}
 
 
 def is_causal_ar(model) -> bool:
@@ -53,15 +62,23 @@ def is_causal_ar(model) -> bool:
     return callable(getattr(type(dm), "init_kv_caches", None)) and callable(getattr(type(dm), "forward_block", None))
 
 
-def _hooks_of(model) -> "CoreARHooks | None":
+def _wrappers_of(model) -> list:
     get = getattr(model, "get_wrappers", None)
-    found = get(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, HOOK_KEY) if get is not None else []
+    return get(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, HOOK_KEY) if get is not None else []
+
+
+def _hooks_of(model) -> "CoreARHooks | None":
+    found = _wrappers_of(model)
     return getattr(found[0], "__self__", None) if found else None
 
 
 def install(model) -> None:
-    """Route core's AR loop through the pack on this (cloned) MODEL; once per lineage."""
-    if not is_causal_ar(model) or _hooks_of(model) is not None:
+    """Route core's AR loop through the pack on this (cloned) MODEL; once per lineage. A
+    non-causal MODEL gets only the wrapper that refuses core's AR loop with the fixes."""
+    if _wrappers_of(model):
+        return
+    if not is_causal_ar(model):
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, HOOK_KEY, _refuse_non_causal)
         return
     dm = model.model.diffusion_model
     hooks = CoreARHooks(types.MethodType(type(dm).forward, dm), ModelGeometry.of(dm).num_layers)
@@ -79,6 +96,19 @@ def last_stats(model):
 def _is_ar_video(sampler) -> bool:
     fn = getattr(sampler, "sampler_function", None)
     return getattr(fn, "__name__", "") == "sample_ar_video"
+
+
+def _refuse_non_causal(executor, guider, sigmas, extra_args, callback, noise, *args, **kwargs):
+    """SAMPLER_SAMPLE wrapper of a non-causal MODEL: core's AR loop cannot run it."""
+    if _is_ar_video(executor.class_obj):
+        dm = getattr(getattr(guider.model_patcher, "model", None), "diffusion_model", None)
+        with node_errors(CORE_SAMPLER, OWNERS):
+            raise SettingError("sampler", "model", f"the model ({type(dm).__name__}) is not a causal checkpoint: "
+                               "ComfyUI builds its causal model only from a file whose metadata carries the "
+                               "'causal_ar' flag. Convert the checkpoint with python -m dummy_forcing_core.convert "
+                               "(it writes the flag), or run this model with the pack's AR Video Sampler instead of "
+                               "SamplerCustomAdvanced (it runs any Wan2.1 text-to-video checkpoint)")
+    return executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
 
 
 class _CoreLoopDriver:
@@ -148,41 +178,76 @@ class CoreARHooks:
         to = extra_args.setdefault("model_options", {}).setdefault("transformer_options", {})
         driver = self._open(executor.class_obj, guider, sigmas, to, tuple(noise.shape))
         to[SESSION_KEY] = driver
-        try:
-            out = executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
-        finally:
-            to.pop(SESSION_KEY, None)
-            stats = driver.session.close()
-        driver.verify()
-        with node_errors(CORE_SAMPLER, OWNERS, RENAMES):
+        with node_errors(CORE_SAMPLER, OWNERS):  # e.g. the model made NaN while Dummy Forcing profiled it
+            try:
+                out = executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+            finally:
+                to.pop(SESSION_KEY, None)
+                stats = driver.session.close()
+            driver.verify()
             check_output(out)
         self.last_stats = stats
         return out
 
     def _open(self, sampler, guider, sigmas, to: dict, shape) -> _CoreLoopDriver:
-        with node_errors(CORE_SAMPLER, OWNERS, RENAMES):
+        with node_errors(CORE_SAMPLER, OWNERS):
             spec = to.get(CACHE_SPEC_KEY)
             if spec is None:
-                raise ValueError("the model lost the pack's cache settings; re-create Apply Dummy Forcing")
+                raise SettingError("guider", "model", "the model lost the pack's cache settings; re-create Apply "
+                                   "Dummy Forcing")
             cfg = float(getattr(guider, "cfg", 1.0))
             if cfg != 1.0:
-                raise ValueError(f"the guider's cfg is {cfg}: the pack's cache runs core's AR loop without CFG, as "
-                                 "distilled causal checkpoints are made for; set CFGGuider's cfg to 1.0")
-            positive = (getattr(guider, "conds", None) or {}).get("positive") or []
-            if len(positive) > 1:
-                raise ValueError(f"the positive conditioning has {len(positive)} entries (combined or timestep-ranged "
-                                 "prompts); the pack's AR cache runs one prompt per video: give one")
+                raise SettingError("guider", "cfg", f"'cfg' is {cfg}: the pack's cache runs core's AR loop without "
+                                   "CFG, as distilled causal checkpoints are made for; set 'cfg' to 1.0")
+            _check_prompt(guider)
             s = [float(v) for v in sigmas.detach().flatten().cpu().tolist()]  # once per video
             if len(s) < 2 or s[-1] != 0.0 or any(v <= 0.0 for v in s[:-1]):
-                raise ValueError(f"the sigmas {s} must be positive steps ending in one 0 (BasicScheduler, e.g. simple "
-                                 "4 steps)")
+                raise SettingError("input", "sigmas", f"the 'sigmas' {s} must be positive steps ending in one 0 "
+                                   "(BasicScheduler, e.g. simple 4 steps)")
             initial = (to.get("ar_config") or {}).get("initial_latent")
             n_init = 0 if initial is None else int(initial.shape[2])
+            if initial is not None:
+                check_finite(initial, "i2v", "start_image")
             chunk = int(getattr(sampler, "extra_options", {}).get("num_frame_per_block", 1))
+            if chunk < 1:
+                raise SettingError("sampler", "num_frame_per_block", f"'num_frame_per_block' must be >= 1, got "
+                                   f"{chunk}")
             runner = model_loading.make_runner(guider.model_patcher)
-            dtype = runner.dtype
+            _check_video_latent(shape, runner.geometry, n_init, spec)
             spec.check_model(runner.geometry)
             settings = SamplerSettings(chunk_frames=chunk, sigmas=tuple(s[:-1]))
-            run = plan_run(runner.geometry, shape, settings, spec, n_init, dtype, given_in_one_piece=True)
+            run = plan_run(runner.geometry, shape, settings, spec, n_init, runner.dtype, given_in_one_piece=True)
         session = VideoSession(runner, run.chunks, run.policy, loop="ComfyUI Sampler AR Video")
         return _CoreLoopDriver(session, len(s) - 1)
+
+
+def _check_prompt(guider) -> None:
+    """One positive prompt, untagged (core's loop plays one prompt from frame 0), finite."""
+    positive = (getattr(guider, "conds", None) or {}).get("positive") or []
+    if len(positive) > 1:
+        raise SettingError("guider", "positive", f"the positive conditioning has {len(positive)} entries (combined "
+                           "or timestep-ranged prompts); the pack's AR cache runs one prompt per video: give one, or "
+                           "use AR Video Sampler for prompts that switch (AR Prompt Start)")
+    entry = positive[0] if positive else {}
+    start = entry.get(PROMPT_START_KEY)
+    if start:
+        raise SettingError("guider", "positive", f"the positive prompt is tagged by AR Prompt Start to start at latent "
+                           f"frame {start}, but ComfyUI's Sampler AR Video plays one prompt from frame 0 (it has no "
+                           "prompt schedule): remove AR Prompt Start, or use AR Video Sampler, which switches prompts")
+    context = entry.get("cross_attn")
+    if torch.is_tensor(context):
+        check_finite(context, "input", "positive")
+
+
+def _check_video_latent(shape, geometry: ModelGeometry, n_init: int, spec) -> None:
+    """The latent SamplerCustomAdvanced samples is a video this model can make with the pack."""
+    check_latent(shape, geometry, "latent_image")
+    frames = int(shape[2])
+    if n_init == 0 and frames == 1 and getattr(spec, "dummy_forcing", None) is not None:
+        raise SettingError("input", "latent_image", "the 'latent_image' input is an image latent (one latent frame, "
+                           "e.g. Empty Latent Image); Apply Dummy Forcing works on video: connect a video latent, "
+                           "EmptyARVideoLatent or EmptyHunyuanLatentVideo (length 81 = 21 latent frames)")
+    if n_init >= frames:
+        raise SettingError("input", "latent_image", f"the 'latent_image' input has {frames} latent frame(s) and the "
+                           f"ARVideoI2V start image fills {n_init}: nothing is left to generate; connect ARVideoI2V's "
+                           "LATENT output (or a longer video latent)")

@@ -6,6 +6,7 @@ import os
 import torch
 from comfy_api.latest import io, ui
 
+from dummy_forcing_core.errors import SettingError
 from dummy_forcing_core.heatmap import head_map_image
 from dummy_forcing_core.head_profile import HeadProfile, ProfilingSpec, profile_heads
 from dummy_forcing_core.sampler import SamplerSettings
@@ -156,5 +157,9 @@ class LoadHeadProfile(io.ComfyNode):
     @classmethod
     def execute(cls, profile_name) -> io.NodeOutput:
         with node_errors(LOAD_NAME):
-            profile = HeadProfile.load(profile_files.profile_path(profile_name))
+            path = profile_files.profile_path(profile_name)
+            try:
+                profile = HeadProfile.load(path)
+            except ValueError as e:  # not a head profile (a model, a LoRA, a damaged file): say which file
+                raise SettingError("input", "profile_name", str(e)) from e
         return io.NodeOutput(profile)

@@ -38,7 +38,7 @@ def core_run(run_node, model, frames=7, block=1, seed=3, steps=4, positive=None,
     positive = positive or cond(1)
     noise = run_node(cs.RandomNoise, noise_seed=seed)[0]
     guider = run_node(cs.CFGGuider, model=model, positive=positive, negative=cond(2), cfg=1.0)[0]
-    sampler = run_node(ar.SamplerARVideo, num_frame_per_block=block)[0]
+    sampler = ar.SamplerARVideo.execute(num_frame_per_block=block)[0]  # a linked value skips the widget's min
     sigmas = run_node(cs.BasicScheduler, model=model, scheduler="simple", steps=steps, denoise=1.0)[0]
     latent = latent or {"samples": torch.zeros(1, 16, frames, 4, 4)}
     out = run_node(cs.SamplerCustomAdvanced, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
@@ -170,7 +170,7 @@ def test_settings_that_do_not_fit_fail_before_any_pass_naming_the_node(run_node,
             as e:
         core_run(run_node, df)
     assert "Sampler AR Video" in str(e.value) and passes == []
-    with pytest.raises(ValueError, match=r"^Sampler AR Video: the guider's cfg is 3.0"):
+    with pytest.raises(ValueError, match=r"^CFGGuider: 'cfg' is 3.0: .*set 'cfg' to 1.0 \(found while running Sampler AR Video\)$"):
         guider = run_node(cs.CFGGuider, model=apply(run_node, N, model), positive=cond(1), negative=cond(2), cfg=3.0)[0]
         run_node(cs.SamplerCustomAdvanced, noise=cs.Noise_RandomNoise(0), guider=guider,
                  sampler=run_node(ar.SamplerARVideo, num_frame_per_block=1)[0],
@@ -178,14 +178,135 @@ def test_settings_that_do_not_fit_fail_before_any_pass_naming_the_node(run_node,
     assert passes == []
 
 
-def test_a_non_causal_model_keeps_cores_own_error(run_node, N, stub_model_patcher):
+def test_a_non_causal_model_gets_the_fixes_not_cores_error(run_node, N, stub_model_patcher, monkeypatch):
+    """A plain (bidirectional) Wan checkpoint in core's AR loop: core would say the model lacks
+    init_kv_caches; the pack says what to do: the causal_ar flag, the converter, AR Video Sampler."""
+    import dummy_forcing_core.chunk_runner as cr
+    passes = []
+    monkeypatch.setattr(cr.ChunkRunner, "forward", lambda self, *a, **k: passes.append(1))
     plain = stub_model_patcher(tiny_wan())
-    df = apply(run_node, N, plain)  # Apply Dummy Forcing works for AR Video Sampler ...
-    assert not df.object_patches  # ... but adds no hooks to a model core's AR loop cannot run
     with pytest.raises(TypeError, match="init_kv_caches"):
+        core_run(run_node, plain)  # without the pack: core's own error, untouched
+    for df in (apply(run_node, N, plain), apply(run_node, N, policy(run_node, N, plain))):
+        assert not df.object_patches  # no hooks on a model core's AR loop cannot run
+        with pytest.raises(ValueError) as e:
+            core_run(run_node, df)
+        msg = str(e.value)
+        assert msg.startswith("Sampler AR Video: the model (WanModel) is not a causal checkpoint")
+        assert "'causal_ar' flag" in msg and "python -m dummy_forcing_core.convert" in msg
+        assert "AR Video Sampler instead of SamplerCustomAdvanced" in msg and "init_kv_caches" not in msg
+    assert passes == []
+
+
+def test_an_image_latent_is_asked_to_be_a_video(run_node, N, model):
+    """Empty Latent Image reaches core's loop as one latent frame (SamplerCustomAdvanced's
+    fix_empty_latent_channels adds the frame axis): the error asks for a video latent, not a
+    longer video."""
+    image = {"samples": torch.zeros(1, 16, 1, 4, 4)}
+    with pytest.raises(ValueError) as e:
+        core_run(run_node, apply(run_node, N, model), latent=image)
+    msg = str(e.value)
+    assert msg.startswith("SamplerCustomAdvanced: the 'latent_image' input is an image latent (one latent frame")
+    assert "EmptyARVideoLatent or EmptyHunyuanLatentVideo" in msg and "chunks" not in msg
+    with pytest.raises(ValueError, match=r"^SamplerCustomAdvanced: the 'latent_image' input must be a video latent"):
+        core_run(run_node, apply(run_node, N, model), latent={"samples": torch.zeros(1, 16, 4, 4)})
+    core_run(run_node, policy(run_node, N, model), latent=image)  # no Dummy Forcing: one frame is core's image
+
+
+def test_a_prompt_start_is_refused_in_cores_loop(run_node, N, model):
+    """Core's loop has no prompt schedule: a prompt tagged to start at frame 3 is refused (it
+    played from frame 0); a start of 0 is what core's loop does anyway."""
+    df = apply(run_node, N, model)
+    late = run_node(N["ARPromptStart"], conditioning=cond(1), start=3, unit="latent frames")[0]
+    with pytest.raises(ValueError) as e:
+        core_run(run_node, df, positive=late)
+    msg = str(e.value)
+    assert msg.startswith("CFGGuider: the positive prompt is tagged by AR Prompt Start to start at latent frame 3")
+    assert "use AR Video Sampler" in msg and msg.endswith("(found while running Sampler AR Video)")
+    at0 = run_node(N["ARPromptStart"], conditioning=cond(1), start=0, unit="latent frames")[0]
+    assert torch.equal(core_run(run_node, df, positive=at0)[0], core_run(run_node, df)[0])
+
+
+def test_base_cache_errors_name_ar_cache_policys_widgets(run_node, N, model):
+    df = apply(run_node, N, policy(run_node, N, model, cache="sink + window", sink=0, window=1))
+    with pytest.raises(ValueError) as e:
         core_run(run_node, df)
+    msg = str(e.value)
+    assert msg.startswith("Apply Dummy Forcing: at 'ar_start' = 1 the base cache")
+    assert "set AR Cache Policy's 'cache' to 'full', raise AR Cache Policy's 'sink_frames' to 1 or AR Cache " \
+           "Policy's 'window_frames' to 2" in msg and msg.endswith("(found while running Sampler AR Video)")
+    core_run(run_node, apply(run_node, N, policy(run_node, N, model, cache="sink + window", sink=0, window=2)))
 
 
+def test_nan_in_cores_loop_names_the_model_or_the_input(run_node, N, stub_model_patcher):
+    net = tiny_causal_wan()
+    with torch.no_grad():
+        net.blocks[1].ffn[0].weight[0, 0] = float("nan")
+    df = apply(run_node, N, stub_model_patcher(net))
+    with pytest.raises(ValueError, match=r"^SamplerCustomAdvanced: the model produced NaN or infinite values in the "
+                       r"attention Dummy Forcing profiled \(chunk 1\).*\(found while running Sampler AR Video\)$"):
+        core_run(run_node, df)
+    bad = cond(1)
+    bad[0][0][0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"^CFGGuider: 'positive' holds NaN or infinite values"):
+        core_run(run_node, apply(run_node, N, stub_model_patcher(tiny_causal_wan())), positive=bad)
+
+
+def test_chunking_and_start_image_errors_name_cores_widgets(run_node, N, model):
+    df = apply(run_node, N, model)
+    with pytest.raises(ValueError, match=r"^Sampler AR Video: 'num_frame_per_block' must be >= 1, got 0"):
+        core_run(run_node, df, block=0)
+    i2v = df.clone()
+    i2v.model_options["transformer_options"]["ar_config"] = {"initial_latent": torch.zeros(1, 16, 1, 4, 4)}
+    with pytest.raises(ValueError, match=r"^SamplerCustomAdvanced: the 'latent_image' input has 1 latent frame\(s\) "
+                       "and the ARVideoI2V start image fills 1"):
+        core_run(run_node, i2v, latent={"samples": torch.zeros(1, 16, 1, 4, 4)})
+    i2v.model_options["transformer_options"]["ar_config"] = {"initial_latent": torch.full((1, 16, 1, 4, 4), 
+                                                                                           float("nan"))}
+    with pytest.raises(ValueError, match=r"^ARVideoI2V: 'start_image' holds NaN"):
+        core_run(run_node, i2v)
+
+
+@pytest.mark.parametrize("outcome", ["finished", "cancelled", "failed", "refused"])
+def test_transformer_options_hold_nothing_of_the_pack_afterwards(run_node, N, model, monkeypatch, outcome):
+    """The run's transformer_options (what every model call and wrapper sees) lose the pack's
+    session when the video ends, whichever way; the MODEL's own options are as they were."""
+    import ComfyUI_Dummy_Forcing.nodes.core_ar_loop as loop
+    df = apply(run_node, N, model, ar_start=6 if outcome == "refused" else 1)
+    snap = ModelSnapshot(df)
+    seen = []
+    real = loop.CoreARHooks._open
+
+    def spy(self, sampler, guider, sigmas, to, shape):  # the run's transformer_options as the pack gets them
+        seen.append((to, set(to)))
+        return real(self, sampler, guider, sigmas, to, shape)
+
+    monkeypatch.setattr(loop.CoreARHooks, "_open", spy)
+    in_run = []
+    real_predict = loop.VideoSession.predict
+
+    def predict(self, *a, **k):
+        in_run.append(1)
+        if outcome == "cancelled" and len(in_run) == 3:
+            mm.interrupt_current_processing(True)
+            mm.throw_exception_if_processing_interrupted()
+        if outcome == "failed" and len(in_run) == 3:
+            raise RuntimeError("out of memory (planted)")
+        return real_predict(self, *a, **k)
+
+    monkeypatch.setattr(loop.VideoSession, "predict", predict)
+    raised = {"finished": None, "cancelled": mm.InterruptProcessingException, "failed": RuntimeError,
+              "refused": ValueError}[outcome]
+    if raised is None:
+        core_run(run_node, df)
+    else:
+        with pytest.raises(raised):
+            core_run(run_node, df)
+    (to, keys_before), = seen
+    assert set(to) == keys_before and loop.SESSION_KEY not in to
+    assert not any(isinstance(v, (loop._CoreLoopDriver, loop.VideoSession)) for v in to.values())
+    snap.assert_unchanged()
+    assert (outcome == "refused") == (in_run == [])
 class _VAE:
     """Stands in for a Wan VAE: 8x8 pixel blocks -> 16 channels, one latent frame per image."""
 

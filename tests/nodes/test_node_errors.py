@@ -12,6 +12,7 @@ import comfy.model_management as mm
 import comfy.utils
 from node_helpers import ModelSnapshot, cond, tiny_wan, video_latent
 
+from dummy_forcing_core.errors import SettingError
 from dummy_forcing_core.head_profile import HeadProfile
 from dummy_forcing_core.geometry import ModelGeometry
 
@@ -117,6 +118,57 @@ def test_sink_frames_beyond_the_base_cache(run_node, N, model):
           r"longer holds frames \[0\] that sink heads keep \('sink_frames'\)",
           [model, m], model=m, positive=cond(), latent=video_latent(frames=6), frames_per_chunk=1,
           cache="sink + window", sink_frames=0, window_frames=1)
+
+
+def _base_cache_fixes(msg: str, node: str) -> tuple[int, int]:
+    """The base sink / window an error proposes, read from the widget names it gives."""
+    m = re.search(rf"raise {node}'s 'sink_frames' to (\d+) or {node}'s 'window_frames' to (\d+)", msg)
+    assert m, msg
+    return int(m.group(1)), int(m.group(2))
+
+
+@pytest.mark.parametrize("df, base, missing", [
+    (dict(sink_frames=1), dict(sink_frames=0, window_frames=1), "sink heads keep"),
+    (dict(neighbor_chunks=2, ar_start=2), dict(sink_frames=1, window_frames=1), "neighbor heads keep"),
+])
+def test_base_cache_errors_name_the_samplers_widgets(run_node, N, model, df, base, missing):
+    """The fix for a base cache that lost frames is on AR Video Sampler's own 'sink_frames' /
+    'window_frames' (not "a larger base sink / window"); each proposed value is the least that
+    works: it runs, one less fails."""
+    m = run_node(N["ApplyDummyForcing"], model=model, **df)[0]
+    args = dict(model=m, positive=cond(), latent=video_latent(frames=6), frames_per_chunk=1, cache="sink + window")
+    msg = fails(run_node, N["ARVideoSampler"], r"^Apply Dummy Forcing: at 'ar_start'", [model, m], **args, **base)
+    assert missing in msg and "base sink / window" not in msg
+    assert "set AR Video Sampler's 'cache' to 'full'" in msg and msg.endswith("(found while running AR Video Sampler)")
+    assert ("or lower 'neighbor_chunks'" in msg) == ("neighbor_chunks" in df)  # sink_frames = 1 cannot go lower
+    sink, window = _base_cache_fixes(msg, "AR Video Sampler")
+    for fixed in (dict(base, sink_frames=sink), dict(base, window_frames=window)):
+        run_node(N["ARVideoSampler"], **args, **fixed)
+    for short in (dict(base, sink_frames=sink - 1), dict(base, window_frames=window - 1)):
+        fails(run_node, N["ARVideoSampler"], r"^Apply Dummy Forcing: at 'ar_start'", **args, **short)
+
+
+def test_nan_under_online_profiling_names_the_model(run_node, N, stub_model_patcher):
+    """NaN weights with Dummy Forcing's online profiling: the run stops at the profiled chunk
+    and names the model, as the other caches do at the end of the video."""
+    net = tiny_wan()
+    with torch.no_grad():
+        net.blocks[1].ffn[0].weight[0, 0] = float("nan")
+    m = run_node(N["ApplyDummyForcing"], model=stub_model_patcher(net, shift=5.0))[0]
+    fails(run_node, N["ARVideoSampler"], r"^AR Video Sampler: the model produced NaN or infinite values in the attention "
+          r"Dummy Forcing profiled \(chunk 1\): its weights may be damaged", [m], model=m, positive=cond(),
+          latent=video_latent(), **SAMPLER)
+
+
+def test_prompt_start_refuses_a_negative_frame(N):
+    """A start from a link skips the widget's min: AR Prompt Start itself refuses a frame
+    before the video, naming 'start' (it was accepted, then blamed as 'out of order')."""
+    with pytest.raises(ValueError, match=r"^AR Prompt Start: 'start' = -4.0 latent frames is before the video"):
+        N["ARPromptStart"].execute(conditioning=cond(2), start=-4.0, unit="latent frames")
+    with pytest.raises(ValueError, match=r"^AR Prompt Start: 'start' = -1.0 seconds must be a number >= 0"):
+        N["ARPromptStart"].execute(conditioning=cond(2), start=-1.0, unit="seconds")
+    assert N["ARPromptStart"].execute(conditioning=cond(2), start=0.0, unit="latent frames")[0][0][1][
+        "dummy_forcing_start"] == 0
 
 
 def test_too_many_dummy_heads(run_node, N, model):
@@ -227,18 +279,71 @@ def test_cancel_before_start_and_during_profiling(run_node, N, model):
                                            "never.safetensors"))
 
 
-def test_errors_name_the_node_once():
-    """node_errors never double-prefixes a message that already names the node."""
+def _node_errors_module():
     from node_helpers import load_pack
     load_pack()
     import sys
-    errors = sys.modules["ComfyUI_Dummy_Forcing.nodes.node_errors"]
+    return sys.modules["ComfyUI_Dummy_Forcing.nodes.node_errors"]
+
+
+def test_errors_name_the_node_once():
+    """node_errors never double-prefixes a message that already names the node."""
+    errors = _node_errors_module()
     with pytest.raises(ValueError) as ei:
         with errors.node_errors("X"):
             with errors.node_errors("X"):
-                raise ValueError("bad")
+                raise SettingError("input", "latent", "bad")
     assert str(ei.value) == "X: bad"
     assert not re.search(r"X: X:", str(ei.value))
+
+
+def test_only_the_packs_setting_errors_become_node_errors():
+    """A ValueError that is not the pack's SettingError (a bug, torch's or ComfyUI's own) comes out
+    as it was raised, not dressed up as the node's message."""
+    errors = _node_errors_module()
+    for raised in (ValueError("expected 4D input (got 3D input)"), RuntimeError("CUDA out of memory"),
+                   mm.InterruptProcessingException()):
+        with pytest.raises(type(raised)) as ei:
+            with errors.node_errors("AR Video Sampler", {"dummy_forcing": "Apply Dummy Forcing"}):
+                raise raised
+        assert ei.value is raised
+    with pytest.raises(errors.NodeError, match=r"^Apply Dummy Forcing: 'ar_start' too late \(found while running X\)$"):
+        with errors.node_errors("X", {"dummy_forcing": "Apply Dummy Forcing"}):
+            raise SettingError("dummy_forcing", "ar_start", "'ar_start' too late")
+
+
+def test_widget_names_come_from_owner_and_name():
+    """A message that points at other settings names each with the node that shows it: the
+    (owner, name) of the reference picks the node, no message text is edited."""
+    errors = _node_errors_module()
+    e = SettingError("dummy_forcing", "sink_frames", "{setting} vs {w} vs {p} vs {c}",
+                     refs={"w": ("cache", "window_frames"), "p": ("input", "positive"), "c": ("dummy_forcing", "scope")})
+    assert str(e) == "'sink_frames' vs the base cache's 'window_frames' vs the input's 'positive' vs 'scope'"
+    owners = {"dummy_forcing": "Apply Dummy Forcing", "cache": "AR Cache Policy", ("input", "positive"): "CFGGuider"}
+    with pytest.raises(errors.NodeError) as ei:
+        with errors.node_errors("Sampler AR Video", owners):
+            raise e
+    assert str(ei.value) == ("Apply Dummy Forcing: 'sink_frames' vs AR Cache Policy's 'window_frames' vs CFGGuider's "
+                             "'positive' vs 'scope' (found while running Sampler AR Video)")
+    plain = SettingError("input", "latent", "{braces} stay as written")  # no refs: not a template
+    assert str(plain) == "{braces} stay as written"
+    import pickle
+    back = pickle.loads(pickle.dumps(e))
+    assert (back.owner, back.name, str(back), back.refs) == (e.owner, e.name, str(e), e.refs)
+
+
+def test_exception_type_is_no_file_path():
+    """ComfyUI shows an error's type as ``<class module>.<class qualname>`` (execution.py's
+    full_type_name) and imports a pack by its folder's path, so a class of the pack's own module
+    would show that path; the pack's error type names the pack instead."""
+    errors = _node_errors_module()
+    with pytest.raises(errors.NodeError) as ei:
+        with errors.node_errors("X"):
+            raise SettingError("input", "latent", "bad")
+    typ = type(ei.value)
+    shown = typ.__qualname__ if typ.__module__ == "builtins" else typ.__module__ + "." + typ.__qualname__
+    assert shown == "dummy_forcing.NodeError"
+    assert isinstance(ei.value, ValueError)
 
 
 # ------------------------------------------------------------------------------------ hardening
