@@ -16,7 +16,7 @@ dtype and engine when it is made, the latent's shape and the cache settings with
 the text with each prompt, the first pass's input (noise: the seed) of each cache, and the head
 types at the regroup. A difference raises the same :class:`~.rank_agreement.RankMismatch` on
 every rank, naming what differs, instead of a wrong video or a hang. A tool that knows its
-settings checks them too, before loading anything (see ``head_parallel_cli``).
+settings checks them too, before loading anything.
 
 The split works in both engines. The reference loop (``ChunkRunner.attend``) attends over
 this rank's heads, leaves the others' outputs 0 and all-reduces [B, L, H, D] per layer. The
@@ -25,34 +25,22 @@ RMSNorm spans all heads), attends over this rank's, multiplies them by their col
 output projection and all-reduces that [B, L, C] share, the bias added once: attention and the
 output projection are split, the rest runs on every rank. CUDA graphs stay off on a
 head-parallel runner (a collective inside a captured pass is not checked here). Backend: NCCL
-on GPUs, gloo on CPUs.
-
-    python -m torch.distributed.run --nproc_per_node 2 -m dummy_forcing_core.head_parallel \\
-        --prompt "a big red circle at top left moving right fast, on a navy plain background"
+on GPUs, gloo on CPUs. The command line (torchrun, the shipped small model) is
+``head_parallel_cli.py``; this module imports no command line and no small-model code.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
-import sys
 
 import torch
 import torch.distributed as dist
 
-from safetensors.torch import save_file
-
 from .attention import attend
-from .cache_policy import CacheSpec
 from .chunk_runner import ChunkRunner
-from .dummy_forcing import DummyForcingConfig
 from .kv_cache import FULL, GroupSpec, KVCache, Retention
 from .rank_agreement import RankMismatch, agree
-from .sampler import SamplerSettings, generate
-from .tiny.codec import PixelCodec
-from .tiny.model import load_tiny
 
-__all__ = ["head_costs", "assign_heads", "HeadParallelRunner", "rank_stats", "RankMismatch", "main"]
+__all__ = ["head_costs", "assign_heads", "HeadParallelRunner", "rank_stats", "RankMismatch", "SAME_EVERYWHERE"]
 
 SAME_EVERYWHERE = "start every process with the same command line, model file and inputs"
 
@@ -170,58 +158,6 @@ def rank_stats(cache_stats, runner: HeadParallelRunner) -> list[dict]:
     return every
 
 
-# ------------------------------------------------------------------------------------ torchrun
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Generate one video with the heads split across the processes of "
-                                 "torchrun (the shipped small model; Dummy Forcing on).")
-    ap.add_argument("--prompt", default="a big red circle at top left moving right fast, on a navy plain background")
-    ap.add_argument("--frames", type=int, default=24, help="latent frames")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dummy-heads", type=float, default=0.5)
-    ap.add_argument("--out", default="out/head_parallel.safetensors", help="latent written by rank 0")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                    help="compute dtype; bfloat16 on GPUs runs the fused forward")
-    args = ap.parse_args(argv)
-    cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank()
-    try:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-        if cuda:
-            torch.cuda.set_device(device)
-        # the settings first, before anything is loaded (--out: only rank 0 writes)
-        agree({f"--{k.replace('_', '-')}": v for k, v in sorted(vars(args).items()) if k != "out"}, "settings",
-              hint="start every process with the same arguments")
-        return _run(args, rank, device)
-    except RankMismatch as exc:  # the same error on every rank: said once
-        if rank == 0:
-            print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as exc:  # this rank's own trouble (a file, a setting)
-        print(f"error (rank {rank}): {exc}", file=sys.stderr)
-        return 1
-    finally:
-        dist.destroy_process_group()
-
-
-def _run(args, rank: int, device: torch.device) -> int:
-    model, text_encoder = load_tiny(device=device)
-    runner = HeadParallelRunner(model, dtype=getattr(torch, args.dtype), device=device)
-    tc = model.tiny_config
-    with torch.no_grad():
-        ctx = text_encoder.encode([args.prompt]).to(device)
-    C, _, h, w = PixelCodec(tc["codec"]["factor"]).latent_shape(args.frames, tc["data"]["size"], tc["data"]["size"])
-    spec = CacheSpec(dummy_forcing=DummyForcingConfig(dummy_heads=args.dummy_heads))
-    settings = SamplerSettings(chunk_frames=tc["train"]["chunk_frames"], seed=args.seed)
-    res = generate(runner, ctx, (1, C, args.frames, h, w), settings, spec)
-    res.stats.ranks = rank_stats(res.stats, runner)
-    if rank == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        save_file({"latent": res.latent.contiguous().cpu()}, args.out)
-        print(res.stats.to_text())
-        print(f"latent: {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the command line moved out of the runtime module
+    raise SystemExit("the head-parallel command line is dummy_forcing_core.head_parallel_cli: python -m "
+                     "torch.distributed.run --nproc_per_node 2 -m dummy_forcing_core.head_parallel_cli --prompt ...")

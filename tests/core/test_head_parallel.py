@@ -231,7 +231,7 @@ def test_cli_ranks_started_with_different_settings(tmp_path):
     for rank, share in enumerate(("0.5", "0.25")):
         env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                    RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", CUDA_VISIBLE_DEVICES="")
-        procs.append(subprocess.Popen([sys.executable, "-m", "dummy_forcing_core.head_parallel", "--frames", "9",
+        procs.append(subprocess.Popen([sys.executable, "-m", "dummy_forcing_core.head_parallel_cli", "--frames", "9",
                                        "--dummy-heads", share, "--out", str(tmp_path / "x.safetensors")],
                                       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=120) for p in procs]
@@ -241,6 +241,26 @@ def test_cli_ranks_started_with_different_settings(tmp_path):
                     "rank 1: 0.25). start every process with the same arguments"], outs[0][1]
     assert outs[1][1].strip() == ""
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_runtime_module_holds_no_command_line():
+    """The runner's module imports no command line and no small-model code; head_parallel_cli does."""
+    import ast
+    from helpers import ROOT
+
+    def imported(path):
+        tree = ast.parse(open(os.path.join(ROOT, "dummy_forcing_core", path)).read())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names.add("." * node.level + (node.module or ""))
+        return names
+
+    runtime, cli = imported("head_parallel.py"), imported("head_parallel_cli.py")
+    assert not {n for n in runtime if n in ("argparse", "sys") or "tiny" in n}, runtime
+    assert {"argparse", ".head_parallel", ".tiny.model"} <= cli
 
 
 def test_restricted_regroup_keeps_only_the_local_heads():
@@ -262,13 +282,13 @@ def test_restricted_regroup_keeps_only_the_local_heads():
 
 @SLOW
 def test_torchrun_entry_point(tmp_path):
-    """python -m torch.distributed.run --nproc_per_node 2 -m dummy_forcing_core.head_parallel"""
+    """python -m torch.distributed.run --nproc_per_node 2 -m dummy_forcing_core.head_parallel_cli"""
     from safetensors.torch import load_file
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = tmp_path / "latent.safetensors"
     env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "dummy_forcing_core.head_parallel", "--frames", "9", "--out", str(out)],
+                        "-m", "dummy_forcing_core.head_parallel_cli", "--frames", "9", "--out", str(out)],
                        cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "rank 0: heads per layer" in r.stdout and "rank 1: heads per layer" in r.stdout
