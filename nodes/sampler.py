@@ -8,6 +8,8 @@ from dummy_forcing_core.errors import SettingError, check_finite
 from dummy_forcing_core.sampler import SamplerSettings, generate
 
 from . import comfy_glue as glue
+from . import model_loading
+from . import pixel_output as px
 from . import widgets as w
 from .node_errors import node_errors
 
@@ -29,8 +31,9 @@ class ARVideoSampler(io.ComfyNode):
                 "denoised in a few steps while attending to the cached context, then a clean pass writes its "
                 "keys/values to the cache. When the model comes through Apply Dummy Forcing, the cache becomes "
                 "per-head after ar_start (sink, neighbor and dummy heads): less memory, faster attention. An "
-                "ARVideoI2V start image on the model is used as the first frame. Returns the latent (decode it with "
-                "VAE Decode) and the run's statistics for Cache Stats."),
+                "ARVideoI2V start image on the model is used as the first frame. Returns the latent and the run's "
+                "statistics for Cache Stats; with a VAE connected also the frames, each chunk decoded while the next "
+                "is made, played live on the node and optionally written to a video file as they come."),
             inputs=[
                 io.Model.Input(
                     "model", tooltip="A Wan2.1 text-to-video diffusion model (Load Diffusion Model), ideally a causal "
@@ -85,19 +88,36 @@ class ARVideoSampler(io.ComfyNode):
                     tooltip="With several prompts (AR Prompt Start): at each switch re-encode the frames the cache "
                     "holds under the new prompt (LongLive's KV re-cache; a few extra passes), so the next chunk "
                     "follows it without a seam. Off: only the text changes, the cached frames keep the old prompt."),
+                w.vae_input(optional=True),
+                w.return_frames(),
+                w.save_video(px.SAVE_FORMATS),
+                w.filename_prefix(),
+                w.frame_rate(),
+                w.live_preview(),
             ],
             outputs=[
                 io.Latent.Output(display_name="LATENT", tooltip="The video latent (VAE space): decode with VAE Decode."),
                 w.DF_STATS.Output(display_name="stats", tooltip="Cache memory, attention cost, head types and "
                                   "seconds per chunk of this run: connect to Cache Stats."),
+                io.Image.Output(display_name="IMAGE", tooltip="The decoded frames (needs the 'vae' input; with "
+                                "'return_frames' off only the last frame)."),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, model, positive, latent, seed, denoise_timesteps, steps, shift, frames_per_chunk, cache,
                 sink_frames, window_frames, context_timestep, start_frames, noise_layout="pack", sigmas=None,
-                noise=None, recache_on_switch=True) -> io.NodeOutput:
+                noise=None, recache_on_switch=True, vae=None, return_frames=True, save_video="off",
+                filename_prefix="video/ar_video", frame_rate=16.0, live_preview=True) -> io.NodeOutput:
+        pixels = None
         with node_errors(NAME, OWNERS):
+            glue.check_float_widgets(frame_rate=frame_rate)
+            options = px.PixelOptions(bool(return_frames), save_video, filename_prefix, float(frame_rate),
+                                      bool(live_preview))
+            px.check_options(options, vae, "sampler")
+            if vae is not None:
+                px.check_vae(vae)
             glue.check_float_widgets(shift=shift)
             spec = _cache_spec(model, glue.retention_of(cache, sink_frames, window_frames))
             settings = SamplerSettings(
@@ -120,11 +140,28 @@ class ARVideoSampler(io.ComfyNode):
                 start = glue.to_model_space(model, initial if initial is not None else run.samples)
                 start = start.expand(run.samples.shape[0], *start.shape[1:])
             init_noise = None if noise is None else noise.generate_noise({"samples": run.samples})
-            result = generate(run.runner, run.prompts, tuple(run.samples.shape), settings, spec,
-                              start_latent=start, start_frames=n_start, callback=run.progress,
-                              initial_noise=init_noise, given_in_one_piece=initial is not None)
+            chunk_done = None
+            if vae is not None:
+                node_id = cls.hidden.unique_id if cls.hidden is not None else None
+                pixels = px.open_pixel_output(vae, run.samples.shape, options, node_id, owner="sampler",
+                                              overlap=run.runner.device.type == "cuda",
+                                              keep_loaded=[model_loading.runnable(model)])
+                chunk_done = px.chunk_feed(model, pixels.stream)
+            try:
+                result = generate(run.runner, run.prompts, tuple(run.samples.shape), settings, spec,
+                                  start_latent=start, start_frames=n_start, callback=run.progress,
+                                  initial_noise=init_noise, given_in_one_piece=initial is not None,
+                                  chunk_done=chunk_done)
+                if pixels is not None:
+                    pixels.stream.finish()
+            except BaseException:
+                if pixels is not None:
+                    pixels.stream.abort()
+                raise
             out = glue.to_latent_output(model, result.latent, latent)
-        return io.NodeOutput(out, result.stats)
+        if pixels is None:
+            return io.NodeOutput(out, result.stats, None)
+        return io.NodeOutput(out, result.stats, pixels.images(), ui=px.saved_ui(pixels))
 
 
 def _cache_spec(model, widget_base) -> CacheSpec:

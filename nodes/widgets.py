@@ -76,3 +76,49 @@ def window_frames() -> io.Int.Input:
         "window_frames", default=12, min=0, max=4096,
         tooltip="'sink + window' only: most recent latent frames kept in the cache (default 12 = 4 chunks of 3). "
                 "Larger windows remember more but cost memory and time. Ignored with 'full'.")
+
+
+# ------------------------------------------------------------------------------------ pixels out
+def vae_input(optional: bool) -> io.Vae.Input:
+    return io.Vae.Input(
+        "vae", optional=optional,
+        tooltip="The Wan2.1 VAE (wan_2.1_vae.safetensors) or a tiny Wan2.1 autoencoder (lighttaew2_1 / taew2_1, "
+                "much faster, a little softer), from Load VAE. Each chunk is decoded as soon as it is final, "
+                "overlapped with the next chunk on a GPU; the frames equal VAE Decode of the whole latent."
+                + (" Leave it unconnected to return only the latent." if optional else ""))
+
+
+def return_frames() -> io.Boolean.Input:
+    return io.Boolean.Input(
+        "return_frames", default=True, optional=True,
+        tooltip="Return every decoded frame as IMAGE (for Save Video, Create Video, ...). Off: only the last "
+                "frame is returned and host memory stays flat, for long videos written with 'save_video' "
+                "(a 4-minute 480p video is ~18 GB of IMAGE).")
+
+
+def save_video(formats: list[str]) -> io.Combo.Input:
+    return io.Combo.Input(
+        "save_video", options=formats, default="off", optional=True,
+        tooltip="Write the video to ComfyUI's output folder while it is decoded, chunk by chunk (any length, "
+                "flat memory): mp4 (H.264) or webm (VP9). A cancelled or failed run leaves no file under the "
+                "final name. Needs the 'vae' input. Off: nothing is written (use Save Video on IMAGE).")
+
+
+def filename_prefix() -> io.String.Input:
+    return io.String.Input(
+        "filename_prefix", default="video/ar_video", optional=True,
+        tooltip="Name of the saved video inside ComfyUI's output folder (a subfolder may be given, as in Save "
+                "Video); a counter is appended. Names that leave the output folder are refused.")
+
+
+def frame_rate() -> io.Float.Input:
+    return io.Float.Input(
+        "frame_rate", default=16.0, min=1.0, max=120.0, step=1.0, optional=True,
+        tooltip="Frames per second of the saved video and of the live view (Wan2.1 models: 16).")
+
+
+def live_preview() -> io.Boolean.Input:
+    return io.Boolean.Input(
+        "live_preview", default=True, optional=True,
+        tooltip="Play the frames decoded so far on this node in the browser while the video is made (updated "
+                "chunk by chunk; small JPEG previews in ComfyUI's temp folder).")
