@@ -2,8 +2,9 @@
 fp8 matrix products.
 
 A linear layer counts as fp8 when its ``weight`` is a float8 tensor; an optional ``scale_weight``
-(a float32 scalar, ComfyUI's "fp8 scaled" convention) multiplies it back. ComfyUI's own fp8
-layers (UNETLoader ``weight_dtype`` fp8_e4m3fn, or scaled-fp8 checkpoints) look like that;
+(a float32 scalar, ComfyUI's "fp8 scaled" convention, or one per output row [out]) multiplies it
+back. ComfyUI's own fp8 layers (UNETLoader ``weight_dtype`` fp8_e4m3fn, or scaled-fp8
+checkpoints) look like that;
 :class:`Fp8Linear` and :func:`quantize_fp8` make such layers outside ComfyUI (bench, tests).
 
 Two ways to compute (``fp8_linear``):

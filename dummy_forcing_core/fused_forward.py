@@ -5,9 +5,9 @@ passes over memory (measurements in ``docs/performance.md``):
 
 * heads come out of the projections already in the cache's storage order: per layer and
   per head layout (once per video, when Dummy Forcing regroups the cache) the q / k / v
-  weights are copied with their output channels permuted head-wise and concatenated into
-  one QKV product, ``norm_q`` / ``norm_k`` weights permuted alike (the RMSNorm runs over
-  the whole dim, so a permutation commutes with it; RoPE is the same for every head), and
+  weights are copied with their output channels permuted head-wise (fp8 per-row scales
+  with them) and concatenated into one QKV product, ``norm_q`` / ``norm_k`` weights
+  permuted alike (the RMSNorm runs over the whole dim, so a permutation commutes with it; RoPE is the same for every head), and
   the ``o`` weight with its input channels permuted. No gathers of head groups per call;
 * RMSNorm + RoPE in one kernel; residual + gate + LayerNorm + modulation in one kernel
   (``fast_kernels``); GELU in the FFN's first product (cuBLASLt epilogue); the patch
@@ -256,7 +256,10 @@ class FusedForward:
         return hit[1]
 
     def _lin(self, m) -> Lin:
-        return Lin(m.weight, self._cast(m.bias), fp8_scale(m) if is_fp8(m.weight) else None)
+        scale = fp8_scale(m) if is_fp8(m.weight) else None
+        if scale is not None and scale.numel() > 1:  # one per output row: [N], as fp8_linear takes them
+            scale = scale.reshape(-1)
+        return Lin(m.weight, self._cast(m.bias), scale)
 
     def layer_weights(self, i: int, order: list[int]) -> _LayerWeights:
         sa = self.model.blocks[i].self_attn
@@ -283,7 +286,12 @@ class FusedForward:
         with torch.no_grad():
             chan = channels(full_order) if permute else None
             pick = (lambda t: t) if chan is None else (lambda t: None if t is None else t.index_select(0, chan))
-            q, k, v = (Lin(pick(m.weight), pick(self._cast(m.bias)), self._lin(m).scale) for m in (sa.q, sa.k, sa.v))
+
+            def pick_scale(t):  # a per-output-row scale follows its rows; a per-layer one stays
+                return t if t is None or t.numel() == 1 else pick(t)
+
+            q, k, v = (Lin(pick(m.weight), pick(self._cast(m.bias)), pick_scale(self._lin(m).scale))
+                       for m in (sa.q, sa.k, sa.v))
             nq, nk = pick(self._cast(sa.norm_q.weight)), pick(self._cast(sa.norm_k.weight))
             o = self._lin(sa.o)
             if permute:  # the output projection reads this process's heads only

@@ -13,6 +13,8 @@ from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
 from dummy_forcing_core.fp8 import Fp8Linear, fp8_linear, quantize_fp8
 from dummy_forcing_core.fused_forward import FastOptions
+from dummy_forcing_core.geometry import ModelGeometry
+from dummy_forcing_core.head_profile import HeadProfile
 from dummy_forcing_core.kv_cache import Retention
 from dummy_forcing_core.sampler import SamplerSettings, generate
 
@@ -30,7 +32,8 @@ def dequantized(model):
         for name, mod in list(block.named_modules()):
             if isinstance(mod, Fp8Linear):
                 lin = torch.nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
-                w = mod.weight.float() * (1.0 if mod.scale_weight is None else mod.scale_weight)
+                scale = 1.0 if mod.scale_weight is None else mod.scale_weight
+                w = mod.weight.float() * (scale[:, None] if torch.is_tensor(scale) and scale.ndim == 1 else scale)
                 lin.weight.data.copy_(w)
                 if mod.bias is not None:
                     lin.bias.data.copy_(mod.bias.float())
@@ -58,6 +61,52 @@ def test_fp8_weights_equal_their_dequantized_model(scaled, fast, cache):
     if fast:  # derived weights stay fp8: no full-precision copy of the block weights is made
         lw = runner.fast_path.layer_weights(0, list(range(4)))
         assert lw.qkv.w.dtype == torch.float8_e4m3fn and lw.o.w.dtype == torch.float8_e4m3fn
+
+
+def rowwise(model):
+    """Every Fp8Linear of ``model`` requantized with one scale per output row (in place): the
+    row's amax / 448 times a factor from 0.5 to 2, so rows' scales really differ."""
+    for block in model.blocks:
+        for mod in block.modules():
+            if isinstance(mod, Fp8Linear):
+                w = mod.weight.float() * (1.0 if mod.scale_weight is None else mod.scale_weight)
+                s = (w.abs().amax(1) / 448).clamp_min(1e-12) * torch.linspace(0.5, 2.0, w.shape[0])
+                mod.weight.data = (w / s[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+                mod.scale_weight = s
+    return model
+
+
+# per layer, each head's (sink, neighbor, current) scores by planted type; with 5 dummy heads
+# the regroup orders layer 1's heads [1, 3, 2, 0] (sink + dummy heads, then the neighbor head)
+_TYPE_SCORES = {"s": (0.6, 0.1, 0.3), "n": (0.1, 0.6, 0.3), "d": (0.01, 0.02, 0.97)}
+_PLANTED = ["sdnd", "nsds", "nnnn"]
+
+
+def df_planted(model) -> CacheSpec:
+    """Dummy Forcing with a planted head profile that permutes the heads of two layers."""
+    scores = torch.tensor([[_TYPE_SCORES[t] for t in layer] for layer in _PLANTED], dtype=torch.float32)
+    prof = HeadProfile(scores, ModelGeometry.of(model).fingerprint(), {"planted": True})
+    return CacheSpec(dummy_forcing=DummyForcingConfig(dummy_head_count=5, ar_start=1, head_profile=prof))
+
+
+@pytest.mark.parametrize("opts", [FastOptions(), FastOptions(fuse_qkv=False)])
+def test_rowwise_fp8_scales_follow_the_regrouped_heads(opts):
+    """Per-output-row scales of q / k / v are permuted with their rows when the regroup
+    orders heads (one QKV product or three): the fused forward equals the reference loop."""
+    model = rowwise(quantize_fp8(make_tiny_wan(layers=3, heads=4, head_dim=16, seed=5, dtype=torch.float32)))
+    assert model.blocks[0].self_attn.q.scale_weight.shape == (64,)
+    st = SamplerSettings(chunk_frames=3, timesteps=(1000, 500), seed=5)
+    shape = (1, 16, 9, H_LAT, W_LAT)  # chunk 2 runs after the regroup
+    runner = ChunkRunner(model, dtype=torch.float32, fast=opts)
+    assert runner.fast_path is not None, runner.fast_reason
+    got = generate(runner, ctx(), shape, st, df_planted(model))
+    ref = generate(ChunkRunner(model, dtype=torch.float32, fast=False), ctx(), shape, st, df_planted(model))
+    plain = generate(ChunkRunner(dequantized(model), dtype=torch.float32, fast=False), ctx(), shape, st,
+                     df_planted(model))
+    assert sorted(runner.fast_path._weights) == [0, 1, 2]
+    assert runner.fast_path._weights[1].key[0] == (1, 3, 2, 0)  # the heads really were reordered
+    assert rel(ref.latent, plain.latent) < 1e-5
+    assert rel(got.latent, ref.latent) < 1e-5
 
 
 def test_fp8_products_cast_or_fp8_matmul():
