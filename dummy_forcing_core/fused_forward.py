@@ -6,8 +6,9 @@ passes over memory (measurements in ``docs/performance.md``):
 * heads come out of the projections already in the cache's storage order: per layer and
   per head layout (once per video, when Dummy Forcing regroups the cache) the q / k / v
   weights are copied with their output channels permuted head-wise (fp8 per-row scales
-  with them) and concatenated into one QKV product, ``norm_q`` / ``norm_k`` weights
-  permuted alike (the RMSNorm runs over the whole dim, so a permutation commutes with it; RoPE is the same for every head), and
+  with them) and concatenated into one QKV product (three when their storage dtypes
+  differ), ``norm_q`` / ``norm_k`` weights permuted alike (the RMSNorm runs over
+  the whole dim, so a permutation commutes with it; RoPE is the same for every head), and
   the ``o`` weight with its input channels permuted. No gathers of head groups per call;
 * RMSNorm + RoPE in one kernel; residual + gate + LayerNorm + modulation in one kernel
   (``fast_kernels``); GELU in the FFN's first product (cuBLASLt epilogue); the patch
@@ -277,7 +278,9 @@ class FusedForward:
         identity = full_order == list(range(H)) and len(order) == H
         copies = self._copy_budget_ok()
         permute = not identity and self.opts.group_heads and copies
-        fuse = self.opts.fuse_qkv and copies
+        # one product needs one storage dtype (fp8 and float32 do not concatenate): a block whose
+        # q / k / v are stored apart keeps three products
+        fuse = self.opts.fuse_qkv and copies and len({m.weight.dtype for m in (sa.q, sa.k, sa.v)}) == 1
 
         def channels(heads):
             return (torch.tensor(heads, device=self.device)[:, None] * D

@@ -109,6 +109,24 @@ def test_rowwise_fp8_scales_follow_the_regrouped_heads(opts):
     assert rel(got.latent, ref.latent) < 1e-5
 
 
+@pytest.mark.parametrize("opts", [FastOptions(), FastOptions(group_heads=False)])
+def test_fp8_and_float32_qkv_in_one_block(opts):
+    """A block whose k is a float32 Linear and q / v fp8 (row-wise scales): that block keeps
+    three products (fp8 and float32 do not make one), the others fuse; equal to the loop."""
+    model = rowwise(quantize_fp8(make_tiny_wan(layers=3, heads=4, head_dim=16, seed=5, dtype=torch.float32)))
+    model.blocks[1].self_attn.k = torch.nn.Linear(64, 64)
+    st = SamplerSettings(chunk_frames=3, timesteps=(1000, 500), seed=5)
+    shape = (1, 16, 9, H_LAT, W_LAT)  # chunk 2 runs after the regroup
+    runner = ChunkRunner(model, dtype=torch.float32, fast=opts)
+    assert runner.fast_path is not None, runner.fast_reason
+    got = generate(runner, ctx(), shape, st, df_planted(model))
+    ref = generate(ChunkRunner(model, dtype=torch.float32, fast=False), ctx(), shape, st, df_planted(model))
+    assert rel(got.latent, ref.latent) < 1e-5
+    w = runner.fast_path._weights
+    assert w[1].qkv is None and w[1].k.w.dtype == torch.float32 and w[1].q.w.dtype == torch.float8_e4m3fn
+    assert w[0].qkv is not None and w[2].qkv is not None
+
+
 def test_fp8_products_cast_or_fp8_matmul():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(32, 48, generator=g)
