@@ -14,66 +14,21 @@ parameters with numpy, :func:`render` draws any batch of specs with torch on any
 the per-frame ground truth (centres, radii, colours, visible fraction) for evaluation.
 
 Pixels are RGB in [-1, 1], video tensors ``[B, 3, F, H, W]`` (channels first, like latents).
+The world's words and what they mean (colours, sizes, speeds, directions, start cells) are in
+the runtime's :mod:`dummy_forcing_core.tiny.world`; this module draws it.
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-__all__ = [
-    "OBJECT_COLORS", "BACKGROUND_COLORS", "SHAPES", "SIZES", "SPEEDS", "DIRECTIONS", "POSITIONS",
-    "ObjectSpec", "ClipSpec", "Truth", "ShapesWorld", "render", "truth_of", "prompt_of",
-    "spec_from_prompt", "track_colors", "rgb_unit",
-]
+from dummy_forcing_core.tiny.world import BACKGROUND_COLORS, DIRECTIONS, OBJECT_COLORS, POSITIONS, SHAPES, SIZES, \
+    SPEEDS, rgb_unit
 
-# Bright object colours and darker background colours (0..255), distinct names.
-OBJECT_COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (235, 45, 40),
-    "green": (50, 205, 60),
-    "blue": (60, 110, 255),
-    "yellow": (245, 225, 40),
-    "cyan": (40, 225, 235),
-    "white": (245, 245, 245),
-}
-BACKGROUND_COLORS: dict[str, tuple[int, int, int]] = {
-    "black": (8, 8, 8),
-    "gray": (105, 105, 105),
-    "navy": (20, 28, 95),
-    "maroon": (100, 25, 30),
-    "olive": (85, 90, 25),
-    "teal": (20, 90, 90),
-}
-SHAPES = ("circle", "square", "triangle")
-# radius in pixels of a 32 px frame (scaled with the frame size)
-SIZES = {"small": 3.5, "big": 6.0}
-# pixels per frame of a 32 px frame (scaled), sampled uniformly in the range
-SPEEDS = {"slowly": (0.45, 0.75), "fast": (1.1, 1.5)}
-# unit direction (dx, dy) with y down, and how the prompt says it
-DIRECTIONS: dict[str, tuple[float, float]] = {
-    "moving right": (1.0, 0.0),
-    "moving left": (-1.0, 0.0),
-    "falling": (0.0, 1.0),
-    "rising": (0.0, -1.0),
-    "moving down right": (1.0, 1.0),
-    "moving down left": (-1.0, 1.0),
-    "moving up right": (1.0, -1.0),
-    "moving up left": (-1.0, -1.0),
-}
-# 3 x 3 start cells (column, row) -> words
-POSITIONS: dict[tuple[int, int], str] = {
-    (0, 0): "top left", (1, 0): "top", (2, 0): "top right",
-    (0, 1): "left", (1, 1): "center", (2, 1): "right",
-    (0, 2): "bottom left", (1, 2): "bottom", (2, 2): "bottom right",
-}
-
-
-def rgb_unit(rgb) -> np.ndarray:
-    """0..255 colour -> [-1, 1] float32."""
-    return np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0
+__all__ = ["ObjectSpec", "ClipSpec", "Truth", "ShapesWorld", "render", "truth_of", "prompt_of", "track_colors"]
 
 
 @dataclass
@@ -287,41 +242,7 @@ def render(specs: list[ClipSpec], device="cpu", return_visible: bool = False):
 
 
 # ----------------------------------------------------------------------------------------
-# prompts -> specs (for user prompts: which colours to track) and colour tracking
-
-
-_CELL_OF = {words: cell for cell, words in POSITIONS.items()}
-
-
-def spec_from_prompt(prompt: str) -> list[dict]:
-    """Parse the objects a prompt names, in order: ``color``, ``shape``, ``size``, and where
-    the prompt says them ``direction`` (unit (dx, dy), y down) and start ``cell`` ((column,
-    row) of the 3 x 3 grid, from "at <position>"). Unknown words are ignored; returns a list
-    of dicts with the keys that were found."""
-    out = []
-    for part in re.split(r",", prompt.lower()):
-        words = re.findall(r"[a-z]+", part)
-        d: dict = {}
-        for w in words:
-            if w in OBJECT_COLORS:
-                d["color"] = w
-            elif w in SHAPES:
-                d["shape"] = w
-            elif w in SIZES:
-                d["size"] = w
-        text = " ".join(words)
-        for phrase in sorted(DIRECTIONS, key=len, reverse=True):
-            if re.search(rf"\b{phrase}\b", text):
-                v = np.asarray(DIRECTIONS[phrase], dtype=np.float64)
-                d["direction"] = v / np.linalg.norm(v)
-                break
-        for place in sorted(_CELL_OF, key=len, reverse=True):
-            if re.search(rf"\bat {place}\b", text):
-                d["cell"] = _CELL_OF[place]
-                break
-        if "color" in d or "shape" in d:
-            out.append(d)
-    return out
+# colour tracking (the world's words and prompt parsing: dummy_forcing_core.tiny.world)
 
 
 def track_colors(video: torch.Tensor, colors: np.ndarray, tol: float = 0.45) -> dict[str, np.ndarray]:

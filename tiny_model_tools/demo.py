@@ -1,6 +1,6 @@
 """Demo: one prompt through the shipped tiny model, with the full KV cache and with Dummy Forcing.
 
-    python -m dummy_forcing_core.tiny.demo --prompt "a small yellow square at bottom left moving up right fast, on a maroon plain background" --out out/demo.gif
+    python -m tiny_model_tools.demo --prompt "a small yellow square at bottom left moving up right fast, on a maroon plain background" --out out/demo.gif
 
 Writes a side-by-side animation (full cache | Dummy Forcing | 4x difference; .gif, .webp or
 .png by the extension of --out) and prints the time per chunk (median of --repeats runs),
@@ -18,31 +18,25 @@ import time
 import numpy as np
 import torch
 
-from ..cache_policy import CacheSpec
-from ..chunk_runner import ChunkRunner
-from ..dummy_forcing import DummyForcingConfig
-from ..errors import SettingError
-from ..prompt_schedule import PromptSchedule
-from ..sampler import SamplerSettings, generate, plan_run
-from ..stats import format_bytes
-from .codec import PixelCodec, to_uint8
-from .dataset import spec_from_prompt
+from dummy_forcing_core.cache_policy import CacheSpec
+from dummy_forcing_core.chunk_runner import ChunkRunner
+from dummy_forcing_core.dummy_forcing import DummyForcingConfig
+from dummy_forcing_core.errors import SettingError
+from dummy_forcing_core.prompt_schedule import PromptSchedule
+from dummy_forcing_core.sampler import SamplerSettings, generate, plan_run
+from dummy_forcing_core.stats import format_bytes
+from dummy_forcing_core.tiny.codec import PixelCodec, to_uint8
+from dummy_forcing_core.tiny.model import DEFAULT_PATH, load_tiny, read_tiny_metadata
+from dummy_forcing_core.tiny.world import DEFAULT_PROMPT, PROMPT_FORM, prompt_warnings
+
 from .metrics import WORLD_KEYS, psnr, ssim, world_metrics
-from .model import DEFAULT_PATH, load_tiny, read_tiny_metadata
 
 __all__ = ["DEFAULT_PROMPT", "ANIMATION_EXTS", "UsageError", "run_pair", "median_chunk_seconds",
-           "side_by_side_gif", "check_out", "check_flags", "prompt_warnings", "main"]
+           "side_by_side_gif", "check_out", "check_flags", "main"]
 
-# Measured over seeds 0-7 (full cache and Dummy Forcing 50%): the square is found in every
-# frame, starts in its cell and moves 8.6-16.4 px up-right in the first 12 frames.
-DEFAULT_PROMPT = "a small yellow square at bottom left moving up right fast, on a maroon plain background"
 ANIMATION_EXTS = (".gif", ".webp", ".png", ".apng")  # formats Pillow writes as animations
 MAX_FRAMES_FACTOR = 4  # --frames up to 4x the trained clip length (RoPE has no limit, but it is untested)
 MAX_SCALE = 16
-PROMPT_FORM = ("prompt form: 'a <small|big> <red|green|blue|yellow|cyan|white> <circle|square|triangle> at <top left|"
-               "top|...|bottom right> <moving right|moving up left|falling|rising|...> <fast|slowly>', up to 3 objects "
-               "separated by commas, then 'on a <black|gray|navy|maroon|olive|teal> <plain|gradient> background' "
-               "(docs/tiny_model.md)")
 
 
 class UsageError(ValueError):
@@ -201,26 +195,6 @@ def _check_device(name: str) -> None:
         raise UsageError(f"--device {name!r}: this torch has no CUDA device; use --device cpu")
 
 
-def prompt_warnings(prompt: str, text, max_objects: int) -> list[str]:
-    """One line for each way the prompt will not be followed as written."""
-    out = []
-    if not prompt.strip():
-        out.append("the prompt is empty: the model gets no text and draws an arbitrary scene")
-    dropped = text.dropped_tokens(prompt)
-    if dropped:
-        words = [w for w in dropped if w != ","]
-        out.append(f"the prompt is cut at the text encoder's {text.config.length} tokens: {len(dropped)} tokens "
-                   f"dropped ({len(words)} words: {' '.join(words)})")
-    n = len(spec_from_prompt(prompt))
-    if n > max_objects:
-        out.append(f"the prompt names {n} objects but the model was trained on at most {max_objects}: "
-                   "expect some to blur together or vanish")
-    unknown = text.unknown_words(prompt)
-    if unknown:
-        out.append(f"words the tiny model does not know (ignored as <unk>): {', '.join(unknown)}")
-    return out
-
-
 def fail(message: str):
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
@@ -238,7 +212,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="python -m dummy_forcing_core.tiny.demo", description=__doc__.split("\n\n")[0],
+    ap = _Parser(prog="python -m tiny_model_tools.demo", description=__doc__.split("\n\n")[0],
                  formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=PROMPT_FORM)
     ap.add_argument("--prompt", default=DEFAULT_PROMPT, help="what to generate, in the tiny world's prompt form")
     ap.add_argument("--out", default="out/demo.gif", help="the side-by-side animation: .gif, .webp or .png")

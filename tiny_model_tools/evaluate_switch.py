@@ -1,6 +1,6 @@
 """Prompt switches on the small shipped model: is a switch followed, and is there a seam?
 
-    python -m dummy_forcing_core.tiny.evaluate_switch [--seeds 0 1 2 3] [--out out/tiny_switch]
+    python -m tiny_model_tools.evaluate_switch [--seeds 0 1 2 3] [--out out/tiny_switch]
 
 Each case is a pair of prompts (the same object in another colour, another shape with another
 colour, another direction) for a 24-frame video (8 chunks of 3, the length the model was
@@ -29,16 +29,18 @@ import time
 import numpy as np
 import torch
 
-from ..cache_policy import CacheSpec
-from ..chunk_runner import ChunkRunner
-from ..dummy_forcing import DummyForcingConfig
-from ..prompt_schedule import PromptSchedule
-from ..sampler import SamplerSettings, generate
-from .codec import PixelCodec
-from .dataset import BACKGROUND_COLORS, OBJECT_COLORS, rgb_unit, spec_from_prompt, track_colors
+from dummy_forcing_core.cache_policy import CacheSpec
+from dummy_forcing_core.chunk_runner import ChunkRunner
+from dummy_forcing_core.dummy_forcing import DummyForcingConfig
+from dummy_forcing_core.prompt_schedule import PromptSchedule
+from dummy_forcing_core.sampler import SamplerSettings, generate
+from dummy_forcing_core.tiny.codec import PixelCodec
+from dummy_forcing_core.tiny.model import load_tiny
+from dummy_forcing_core.tiny.world import BACKGROUND_COLORS, OBJECT_COLORS, rgb_unit, spec_from_prompt
+
+from .dataset import track_colors
 from .demo import side_by_side_gif
 from .metrics import expected_area
-from .model import load_tiny
 
 FRAMES, SWITCH, SETTLE = 24, 12, 15
 CASES = {

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dataset import OBJECT_COLORS, SIZES, rgb_unit, spec_from_prompt, track_colors
+from dummy_forcing_core.tiny.world import OBJECT_COLORS, SIZES, rgb_unit, spec_from_prompt
+
+from .dataset import track_colors
 
 __all__ = ["psnr", "ssim", "expected_area", "WORLD_KEYS", "world_metrics", "mean_metrics"]
 

@@ -1,7 +1,7 @@
 """Train the tiny causal Wan2.1 model on the shapes world, with teacher forcing.
 
-    python -m dummy_forcing_core.tiny.train --device cuda --minutes 8 --out out/tiny
-    python -m dummy_forcing_core.tiny.train --device cpu --steps 20 --set model.num_layers=2 ...
+    python -m tiny_model_tools.train --device cuda --minutes 8 --out out/tiny
+    python -m tiny_model_tools.train --device cpu --steps 20 --set model.num_layers=2 ...
 
 Objective: flow matching as Wan / Self Forcing define it: ``x_t = (1 - s) x0 + s eps``, the
 model predicts ``v = eps - x0`` at timestep ``1000 s``; ``s = shift u / (1 + (shift - 1) u)``
@@ -39,13 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..rope import RopeTable, rope_table
-from ..wan_blocks import text_cache, unpatchify, wan_forward
-from ..wan_model import WanConfig, WanModel
-from .codec import PixelCodec
+from dummy_forcing_core.rope import RopeTable, rope_table
+from dummy_forcing_core.wan_blocks import text_cache, unpatchify, wan_forward
+from dummy_forcing_core.wan_model import WanConfig, WanModel
+from dummy_forcing_core.tiny.codec import PixelCodec
+from dummy_forcing_core.tiny.model import file_size_estimate, read_tiny_metadata, save_tiny
+from dummy_forcing_core.tiny.text import TextConfig, TextEncoder
+
 from .dataset import ShapesWorld
-from .model import file_size_estimate, read_tiny_metadata, save_tiny
-from .text import TextConfig, TextEncoder
 
 __all__ = ["DEFAULT_CONFIG", "load_config", "build", "wan_init", "teacher_forcing_mask", "make_attend",
            "teacher_forcing_forward", "shift_sigma", "flow_sample", "Trainer", "main"]
@@ -422,7 +423,7 @@ def main(argv=None):
                     help="length of the cosine LR schedule in minutes over all runs (default: --minutes)")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--out", default="out/tiny")
-    ap.add_argument("--config", default=None, help="JSON config (default: dummy_forcing_core/tiny/config.json)")
+    ap.add_argument("--config", default=None, help="JSON config (default: tiny_model_tools/config.json)")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="config overrides")
     ap.add_argument("--attn", default="auto", choices=["auto", "sdpa", "flex"])
     ap.add_argument("--resume", default=None,

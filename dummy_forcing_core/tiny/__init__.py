@@ -1,7 +1,10 @@
-"""The small trained causal video model shipped with the pack.
+"""The small trained causal video model shipped with the pack: what running it needs.
 
-Everything here is plain PyTorch / numpy: a procedural video world (:mod:`.dataset`), an
-exact invertible pixel <-> latent map standing in for a VAE (:mod:`.codec`), a tiny word
-embedding text encoder (:mod:`.text`), the teacher-forcing trainer (:mod:`.train`) and,
-once the sampler exists, loading, the demo and the evaluation. See ``docs/tiny_model.md``.
+Plain PyTorch / numpy, imported by the ComfyUI nodes and the command-line tools alike: the
+model file (:mod:`.model`: load / save, the Wan transformer and its text encoder), the tiny
+text encoder (:mod:`.text`), the exact pixels <-> latent map standing in for a VAE
+(:mod:`.codec`) and the world's words (:mod:`.world`: what a prompt may say, and the
+warnings for one that will not be followed). Drawing the world, training, the demo and the
+evaluation are command-line tools in the top-level ``tiny_model_tools`` package, which the
+runtime never imports. See ``docs/tiny_model.md``.
 """

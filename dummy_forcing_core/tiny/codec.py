@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import SettingError
+
 __all__ = ["PixelCodec", "CODEC", "to_uint8"]
 
 
@@ -54,6 +56,32 @@ class PixelCodec:
         x = F.pixel_shuffle(z, self.factor)
         x = x.view(B, Fr, *x.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
         return x[0] if squeeze else x
+
+
+    def check(self, shape, name: str = "latent") -> None:
+        """Refuse a latent shape that is not this codec's video latent [B, 12, F, h, w] (a Wan2.1
+        latent has 16 channels, an image latent 4 dims): a SettingError naming the input."""
+        shape = tuple(int(s) for s in shape)
+        what = f"the '{name}' input {list(shape)}"
+        if len(shape) != 5:
+            raise SettingError("input", name, f"{what} is not a video latent [batch, {self.latent_channels}, frames, "
+                               "height, width]: the tiny model's latents come from its empty latent node and AR "
+                               "Video Sampler")
+        C = shape[1]
+        if C != self.latent_channels:
+            hint = " (a Wan2.1 latent: decode it with VAE Decode and the Wan2.1 VAE)" if C == 16 else ""
+            raise SettingError("input", name, f"{what} has {C} channels{hint}; the tiny model's latents have "
+                               f"{self.latent_channels} (its pixel codec: 2x2 blocks of RGB)")
+        if min(shape) < 1:
+            raise SettingError("input", name, f"{what} is empty")
+
+    def frames(self, latent: torch.Tensor, scale: int = 1) -> torch.Tensor:
+        """[B, 12, F, h, w] -> frames [B * F, 2h * scale, 2w * scale, 3] float in [0, 1] (ComfyUI's
+        IMAGE layout; video after video), each pixel repeated ``scale`` x ``scale`` times."""
+        video = self.decode(latent.detach().float().cpu()).clamp(-1, 1).add(1).div(2)  # [B, 3, F, H, W]
+        if scale > 1:
+            video = video.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
+        return video.permute(0, 2, 3, 4, 1).flatten(0, 1).contiguous()
 
 
 CODEC = PixelCodec()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import torch
 from safetensors import safe_open
@@ -19,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from ..wan_model import WanConfig, WanModel
 from .text import TextConfig, TextEncoder
 
-__all__ = ["FORMAT", "TEXT_PREFIX", "DEFAULT_PATH", "save_tiny", "read_tiny_metadata", "load_tiny", "file_size_estimate"]
+__all__ = ["FORMAT", "TEXT_PREFIX", "DEFAULT_PATH", "TinyFile", "save_tiny", "read_tiny_metadata", "read_tiny", "load_tiny",
+           "file_size_estimate"]
 
 FORMAT = "dummy-forcing-tiny/1"
 TEXT_PREFIX = "text_encoder."
@@ -55,26 +57,46 @@ def read_tiny_metadata(path: str) -> dict:
     return out
 
 
-def load_tiny(path: str | None = None, device="cpu", dtype=torch.float32) -> tuple[WanModel, TextEncoder]:
-    """Load the shipped tiny model (default ``assets/tiny_model/model.safetensors``):
-    -> (WanModel, TextEncoder), both in eval mode. ``model.tiny_config`` holds the config."""
+@dataclass
+class TinyFile:
+    """A tiny model file's contents: ``config`` (sections model, text, data, codec, train),
+    ``metadata`` (:func:`read_tiny_metadata`), and the state dicts of the Wan transformer
+    (``wan``, plain Wan names) and of the text encoder (``text``), as stored (fp16)."""
+
+    path: str
+    config: dict
+    metadata: dict
+    wan: dict[str, torch.Tensor]
+    text: dict[str, torch.Tensor]
+
+    def text_encoder(self, device="cpu", dtype=torch.float32) -> TextEncoder:
+        """The text encoder, in eval mode."""
+        text = TextEncoder(TextConfig.from_dict(self.config["text"]))
+        text.load_state_dict(self.text, strict=True)
+        return text.to(device=device, dtype=dtype).eval()
+
+
+def read_tiny(path: str | None = None) -> TinyFile:
+    """Read a tiny model file (default: the shipped one); no module is built."""
     path = path or DEFAULT_PATH
     if not os.path.exists(path):
         raise FileNotFoundError(f"tiny model not found at {path}")
     meta = read_tiny_metadata(path)
-    cfg = meta["config"]
     sd = load_file(path)
-    model = WanModel(WanConfig.from_dict(cfg["model"]))
-    text = TextEncoder(TextConfig.from_dict(cfg["text"]))
-    wan_sd = {k: v for k, v in sd.items() if not k.startswith(TEXT_PREFIX)}
-    text_sd = {k[len(TEXT_PREFIX):]: v for k, v in sd.items() if k.startswith(TEXT_PREFIX)}
-    model.load_state_dict(wan_sd, strict=True)
-    text.load_state_dict(text_sd, strict=True)
+    return TinyFile(path, meta["config"], meta, {k: v for k, v in sd.items() if not k.startswith(TEXT_PREFIX)},
+                    {k[len(TEXT_PREFIX):]: v for k, v in sd.items() if k.startswith(TEXT_PREFIX)})
+
+
+def load_tiny(path: str | None = None, device="cpu", dtype=torch.float32) -> tuple[WanModel, TextEncoder]:
+    """Load the shipped tiny model (default ``assets/tiny_model/model.safetensors``):
+    -> (WanModel, TextEncoder), both in eval mode. ``model.tiny_config`` holds the config."""
+    f = read_tiny(path)
+    model = WanModel(WanConfig.from_dict(f.config["model"]))
+    model.load_state_dict(f.wan, strict=True)
     model = model.to(device=device, dtype=dtype).eval()
-    text = text.to(device=device, dtype=dtype).eval()
-    model.tiny_config = cfg
-    model.tiny_metadata = meta
-    return model, text
+    model.tiny_config = f.config
+    model.tiny_metadata = f.metadata
+    return model, f.text_encoder(device, dtype)
 
 
 def file_size_estimate(model: torch.nn.Module, text: torch.nn.Module, bytes_per_param: int = 2) -> int:

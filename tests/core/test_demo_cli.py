@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dummy_forcing_core.tiny import demo
 from dummy_forcing_core.tiny.model import DEFAULT_PATH
 from dummy_forcing_core.tiny.text import words_of
+from tiny_model_tools import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 needs_model = pytest.mark.skipif(not os.path.exists(DEFAULT_PATH), reason="shipped tiny model missing")
@@ -98,7 +98,7 @@ def test_out_in_a_read_only_folder_is_refused(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_error_has_no_traceback():
-    p = subprocess.run([sys.executable, "-m", "dummy_forcing_core.tiny.demo", "--frames", "0"], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "tiny_model_tools.demo", "--frames", "0"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert _lines(p.stderr) == [p.stderr.strip()] and p.stderr.startswith("error: --frames"), p.stderr

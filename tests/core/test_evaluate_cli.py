@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from dummy_forcing_core.tiny import evaluate as ev
 from dummy_forcing_core.tiny.model import DEFAULT_PATH
+from tiny_model_tools import evaluate as ev
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STUB_DIR = os.path.join(ROOT, "tests", "comfy_stub")

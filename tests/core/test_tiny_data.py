@@ -1,10 +1,13 @@
 """The tiny model's world, codec and text encoder."""
 import numpy as np
+import pytest
 import torch
 
-from dummy_forcing_core.tiny.codec import PixelCodec, to_uint8
-from dummy_forcing_core.tiny.dataset import DIRECTIONS, OBJECT_COLORS, POSITIONS, ShapesWorld, render, spec_from_prompt, track_colors
+from dummy_forcing_core.errors import SettingError
+from dummy_forcing_core.tiny.codec import CODEC, PixelCodec, to_uint8
 from dummy_forcing_core.tiny.text import VOCAB, TextConfig, TextEncoder, tokenize, words_of
+from dummy_forcing_core.tiny.world import DIRECTIONS, OBJECT_COLORS, POSITIONS, spec_from_prompt
+from tiny_model_tools.dataset import ShapesWorld, render, track_colors
 
 
 def test_world_is_deterministic_per_seed_and_index():
@@ -77,6 +80,28 @@ def test_codec_round_trip_is_exact():
     assert frames.shape == (24, 32, 32, 3) and frames.dtype == np.uint8
 
 
+def test_codec_frames_are_the_video_enlarged_in_comfy_layout():
+    """PixelCodec.frames (what Tiny Decode returns): IMAGE [B*F, H*s, W*s, 3] in [0, 1], each pixel
+    repeated s x s, video after video; checked against numpy's repeat of the planted pixels."""
+    video = torch.rand(2, 3, 4, 6, 8) * 2 - 1
+    frames = CODEC.frames(CODEC.encode(video), 3)
+    want = ((video.numpy() + 1) / 2).transpose(0, 2, 3, 4, 1).reshape(8, 6, 8, 3).repeat(3, 1).repeat(3, 2)
+    assert frames.shape == (8, 18, 24, 3) and frames.dtype == torch.float32
+    assert np.allclose(frames.numpy(), want, atol=1e-6)
+    assert float(CODEC.frames(CODEC.encode(video * 5), 1).max()) == 1.0  # clamped to the image range
+
+
+@pytest.mark.parametrize("shape, words", [((1, 16, 6, 4, 4), ["16 channels", "Wan2.1", "VAE Decode", "12"]),
+                                          ((1, 12, 16, 16), ["not a video latent"]),
+                                          ((1, 4, 6, 4, 4), ["4 channels", "12"]),
+                                          ((0, 12, 6, 4, 4), ["empty"])])
+def test_codec_refuses_latents_that_are_not_its_own(shape, words):
+    with pytest.raises(SettingError) as e:
+        CODEC.check(shape, "latent")
+    assert e.value.name == "latent" and all(w in str(e.value) for w in words), str(e.value)
+    CODEC.check((2, 12, 24, 16, 16), "latent")  # its own
+
+
 def test_text_encoder_shapes_and_vocabulary():
     w = ShapesWorld(seed=0)
     prompts = [w.spec(i).prompt for i in range(200)]
@@ -104,7 +129,7 @@ def test_object_colours_stand_out():
 def test_prompt_following_metrics_tell_motion_apart():
     """direction / start_cell: high on ground-truth clips, zero for a frozen video, negative
     when the first frames play backwards; a wrong start cell is caught."""
-    from dummy_forcing_core.tiny.metrics import mean_metrics, world_metrics
+    from tiny_model_tools.metrics import mean_metrics, world_metrics
 
     w = ShapesWorld(seed=5)
     clips = [w.clip(i)[:2] for i in range(30)]

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
-from dummy_forcing_core.tiny.dataset import (BACKGROUND_COLORS, OBJECT_COLORS, SIZES, ClipSpec, ObjectSpec, render,
-                                             rgb_unit, spec_from_prompt, track_colors)
-from dummy_forcing_core.tiny.demo import DEFAULT_PROMPT, run_pair, side_by_side_gif
-from dummy_forcing_core.tiny.metrics import expected_area, psnr, ssim
 from dummy_forcing_core.tiny.model import DEFAULT_PATH, load_tiny
+from dummy_forcing_core.tiny.world import (BACKGROUND_COLORS, DEFAULT_PROMPT, OBJECT_COLORS, SIZES, rgb_unit,
+                                           spec_from_prompt)
+from tiny_model_tools.dataset import ClipSpec, ObjectSpec, render, track_colors
+from tiny_model_tools.demo import run_pair, side_by_side_gif
+from tiny_model_tools.metrics import expected_area, psnr, ssim
 
 pytestmark = pytest.mark.skipif(not os.path.exists(DEFAULT_PATH), reason="shipped tiny model missing")
 

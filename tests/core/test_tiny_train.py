@@ -5,7 +5,7 @@ import torch
 
 from dummy_forcing_core.kv_cache import Retention
 from dummy_forcing_core.tiny.model import file_size_estimate, load_tiny, read_tiny_metadata, save_tiny
-from dummy_forcing_core.tiny.train import (Trainer, build, flow_sample, load_config, make_attend, teacher_forcing_forward,
+from tiny_model_tools.train import (Trainer, build, flow_sample, load_config, make_attend, teacher_forcing_forward,
                                            teacher_forcing_mask)
 from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.wan_model import WanConfig, WanModel
