@@ -133,8 +133,54 @@ def test_settings_that_do_not_fit_name_apply_dummy_forcing(server):
     assert "(found while running Sampler AR Video)" in msg and res.error["node_type"] == "SamplerCustomAdvanced"
 
 
-def test_a_non_causal_model_gets_cores_own_error(server):
+def test_a_non_causal_model_gets_the_fixes(server):
+    """A checkpoint without the causal_ar flag (ComfyUI's WanModel): core alone says it lacks
+    init_kv_caches; through the pack's nodes the error names the flag, the converter and AR Video
+    Sampler."""
+    plain = template(unet=TINY_WAN_NAME)
+    plain["save"] = save("latents/never1")
+    res = server.queue_prompt(plain, timeout=120)
+    assert not res.ok and "init_kv_caches" in res.error["exception_message"]  # core's own, untouched
     p = template(model=("df", 0), unet=TINY_WAN_NAME)
     p.update({"df": apply(("unet", 0)), "save": save("latents/never2")})
     res = server.queue_prompt(p, timeout=120)
-    assert not res.ok and "init_kv_caches" in res.error["exception_message"]
+    msg = res.error["exception_message"]
+    assert not res.ok and msg.startswith("Sampler AR Video: the model (WanModel) is not a causal checkpoint"), msg
+    assert "'causal_ar' flag" in msg and "python -m dummy_forcing_core.convert" in msg and "AR Video Sampler" in msg
+    assert "init_kv_caches" not in msg and res.error["exception_type"] == "dummy_forcing.NodeError"
+
+
+def test_an_image_latent_in_cores_loop_is_asked_to_be_a_video(server):
+    """Empty Latent Image: SamplerCustomAdvanced makes it one latent frame; with Dummy Forcing the
+    error asks for a video latent instead of 'make the video longer'."""
+    p = template(model=("df", 0))
+    p["empty"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    p.update({"df": apply(("unet", 0)), "save": save("latents/never3")})
+    res = server.queue_prompt(p, timeout=120)
+    msg = res.error["exception_message"]
+    assert not res.ok and msg.startswith("SamplerCustomAdvanced: the 'latent_image' input is an image latent"), msg
+    assert "EmptyARVideoLatent" in msg and "chunks" not in msg
+
+
+def test_a_prompt_start_is_refused_in_cores_loop(server):
+    """Core's loop plays one prompt from frame 0: a prompt tagged to start at frame 3 is refused."""
+    p = template(model=("df", 0))
+    p["late"] = {"class_type": "ARPromptStart", "inputs": {"conditioning": ["text", 0], "start": 3.0,
+                                                           "unit": "latent frames"}}
+    p["guider"]["inputs"]["positive"] = ["late", 0]
+    p.update({"df": apply(("unet", 0)), "save": save("latents/never4")})
+    res = server.queue_prompt(p, timeout=120)
+    msg = res.error["exception_message"]
+    assert not res.ok and msg.startswith("CFGGuider: the positive prompt is tagged by AR Prompt Start to start at "
+                                         "latent frame 3"), msg
+
+
+def test_base_cache_errors_name_ar_cache_policys_widgets(server):
+    p = template(model=("df", 0))
+    p.update({"policy": {"class_type": "ARCachePolicy", "inputs": {"model": ["unet", 0], "cache": "sink + window",
+                                                                   "sink_frames": 0, "window_frames": 1}},
+              "df": apply(("policy", 0)), "save": save("latents/never5")})
+    res = server.queue_prompt(p, timeout=120)
+    msg = res.error["exception_message"]
+    assert not res.ok and msg.startswith("Apply Dummy Forcing: at 'ar_start' = 1 the base cache"), msg
+    assert "raise AR Cache Policy's 'sink_frames' to 1 or AR Cache Policy's 'window_frames' to 2" in msg

@@ -375,3 +375,34 @@ def test_fp8_weights_from_comfys_loader(server):
     got, ref = saved_latent(server, "latents/fp8"), saved_latent(server, "latents/bf_ref")
     assert torch.isfinite(got).all() and not torch.equal(got, ref)  # the weights really were rounded
     assert float((got - ref).norm() / ref.norm()) < 0.15
+
+
+def test_error_type_names_the_pack_not_a_file_path(server):
+    """ComfyUI shows '<module>.<class>' of an exception as its type and imports the pack by its
+    folder's path: the pack's error type must not show that path."""
+    prompt = base_prompt()
+    prompt["img"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt.update({"sample": sampler(("unet", 0), latent=("img", 0)), "stats": stats("sample")})
+    res = server.queue_prompt(prompt, timeout=120)
+    assert not res.ok and res.error["exception_message"].startswith("AR Video Sampler: the 'latent' input")
+    assert res.error["exception_type"] == "dummy_forcing.NodeError", res.error["exception_type"]
+    assert os.sep not in res.error["exception_type"] and server.base_dir not in res.error["exception_type"]
+
+
+def test_a_negative_prompt_start_from_a_link_is_refused_at_ar_prompt_start(server):
+    """A linked value skips the widget's min: AR Prompt Start refuses a start before the video,
+    naming 'start' (it was accepted, then blamed as 'out of order' by the sampler)."""
+    if "PrimitiveFloat" not in server.object_info():
+        pytest.skip("this ComfyUI has no PrimitiveFloat node")
+    p = base_prompt()
+    p["minus4"] = {"class_type": "PrimitiveFloat", "inputs": {"value": -4.0}}
+    p["text2"] = {"class_type": "DFTestTextContext", "inputs": {"seed": 2, "tokens": 16, "batch": 1}}
+    p["start2"] = {"class_type": "ARPromptStart",
+                   "inputs": {"conditioning": ["text2", 0], "start": ["minus4", 0], "unit": "latent frames"}}
+    p["both"] = {"class_type": "ConditioningCombine",
+                 "inputs": {"conditioning_1": ["text", 0], "conditioning_2": ["start2", 0]}}
+    p.update({"sample": sampler(("unet", 0), positive=["both", 0]), "stats": stats("sample")})
+    res = server.queue_prompt(p, timeout=120)
+    assert not res.ok and res.error["node_type"] == "ARPromptStart", res.error
+    assert res.error["exception_message"].startswith("AR Prompt Start: 'start' = -4.0 latent frames is before the "
+                                                     "video")
