@@ -150,20 +150,22 @@ class DummyForcingConfig:
         kept = set(base.kept_frame_ids(history))
         blame = {HeadType.SINK: "sink_frames", HeadType.NEIGHBOR: "long_context_frames" if self.long_context_frames
                  else "neighbor_chunks", HeadType.DUMMY: "sink_frames"}
-        for t, ret in sorted(self.head_retentions(chunk).items()):
-            if t not in types:
-                continue
-            missing = sorted(set(ret.kept_frame_ids(history)) - kept)
-            if missing:
-                # the base cache's own widgets (AR Video Sampler's or AR Cache Policy's) that would keep them
-                lower = ", or lower {setting}" if getattr(self, blame[t]) > 1 else ""
-                raise SettingError(
-                    OWNER, blame[t],
-                    f"at 'ar_start' = {a} the base cache ({base.describe()}) no longer holds frames {missing} that "
-                    f"{t.label} heads keep ({{setting}}): set {{cache}} to 'full', raise {{base_sink}} to "
-                    f"{max(missing) + 1} or {{base_window}} to {history - min(missing)}{lower}",
-                    refs={"cache": ("cache", "cache"), "base_sink": ("cache", "sink_frames"),
-                          "base_window": ("cache", "window_frames")})
+        lost = {t: sorted(set(ret.kept_frame_ids(history)) - kept)
+                for t, ret in sorted(self.head_retentions(chunk).items()) if t in types}
+        lost = {t: frames for t, frames in lost.items() if frames}
+        if lost:
+            # the base cache's own widgets (AR Video Sampler's or AR Cache Policy's) that would keep them all
+            every = sorted({f for frames in lost.values() for f in frames})
+            first = next(iter(lost))
+            what = " and ".join(f"frames {frames} that {t.label} heads keep ({{t{int(t)}}})"
+                                for t, frames in lost.items())
+            lower = ", or lower {setting}" if len(lost) == 1 and getattr(self, blame[first]) > 1 else ""
+            refs = {f"t{int(t)}": (OWNER, blame[t]) for t in lost}
+            refs.update(cache=("cache", "cache"), base_sink=("cache", "sink_frames"),
+                        base_window=("cache", "window_frames"))
+            raise SettingError(OWNER, blame[first], f"at 'ar_start' = {a} the base cache ({base.describe()}) no longer "
+                               f"holds {what}: set {{cache}} to 'full', raise {{base_sink}} to {every[-1] + 1} or "
+                               f"{{base_window}} to {history - every[0]}{lower}", refs=refs)
         return n
 
     # -- use --------------------------------------------------------------------------------------
