@@ -5,12 +5,15 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .apply import ApplyDummyForcing, ARCachePolicy
+from .decode import ARVideoDecode
 from .head_profiles import LoadHeadProfile, ProfileHeads
 from .prompts import ARPromptStart
 from .sampler import ARVideoSampler
 from .stats import CacheStats
+from .tiny_nodes import TinyDecode, TinyEmptyLatent, TinyModelLoader, TinyTextEncode
 
-NODES = [ARVideoSampler, ApplyDummyForcing, ARCachePolicy, ARPromptStart, ProfileHeads, LoadHeadProfile, CacheStats]
+NODES = [ARVideoSampler, ApplyDummyForcing, ARCachePolicy, ARPromptStart, ProfileHeads, LoadHeadProfile, CacheStats,
+         TinyModelLoader, TinyTextEncode, TinyEmptyLatent, TinyDecode, ARVideoDecode]
 
 
 class DummyForcingExtension(ComfyExtension):
@@ -22,5 +25,6 @@ async def comfy_entrypoint() -> DummyForcingExtension:
     return DummyForcingExtension()
 
 
-__all__ = ["NODES", "DummyForcingExtension", "comfy_entrypoint", "ARVideoSampler", "ApplyDummyForcing",
-           "ARCachePolicy", "ARPromptStart", "ProfileHeads", "LoadHeadProfile", "CacheStats"]
+__all__ = ["NODES", "DummyForcingExtension", "comfy_entrypoint", "ARVideoSampler", "ARVideoDecode", "ApplyDummyForcing",
+           "ARCachePolicy", "ARPromptStart", "ProfileHeads", "LoadHeadProfile", "CacheStats", "TinyModelLoader",
+           "TinyTextEncode", "TinyEmptyLatent", "TinyDecode"]

@@ -77,6 +77,16 @@ CORE_NODES = {
                                                         "sampler": ("SAMPLER", False), "sigmas": ("SIGMAS", False),
                                                         "latent_image": ("LATENT", False)},
                               "outputs": ["LATENT", "LATENT"], "output_node": False},
+    # the tiny model's workflow (read from ComfyUI v0.3.64 comfy_extras/nodes_images.py; 0.27 adds an IMAGE
+    # output to SaveAnimatedWEBP, which the frontend adds when it loads the workflow)
+    "ImageStitch": {"widgets": [("direction", ("COMBO", ["right", "down", "left", "up"])),
+                                ("match_image_size", ("BOOLEAN",)), ("spacing_width", ("INT", 0, 1024)),
+                                ("spacing_color", ("COMBO", ["white", "black", "red", "green", "blue"]))],
+                    "inputs": {"image1": ("IMAGE", False), "image2": ("IMAGE", True)}, "outputs": ["IMAGE"]},
+    "SaveAnimatedWEBP": {"widgets": [("filename_prefix", ("STRING",)), ("fps", ("FLOAT", 0.01, 1000.0)),
+                                     ("lossless", ("BOOLEAN",)), ("quality", ("INT", 0, 100)),
+                                     ("method", ("COMBO", ["default", "fastest", "slowest"]))],
+                         "inputs": {"images": ("IMAGE", False)}, "outputs": [], "output_node": True},
 }
 FRONTEND_ONLY = {"MarkdownNote": 1, "Note": 1}  # virtual nodes: widget count, never sent to the server
 MUTED_MODES = (2, 4)  # 2 = never (muted), 4 = bypass: not part of the prompt
@@ -174,8 +184,8 @@ def load_workflows() -> dict:
     return out
 
 
-EXPECTED = ["causal_forcing_i2v_dummy_forcing.json", "long_video_prompt_switch.json", "long_video_sink_window.json",
-            "profile_and_reuse.json", "text_to_video_dummy_forcing.json"]
+EXPECTED = ["causal_forcing_i2v_dummy_forcing.json", "first_try_tiny_model.json", "long_video_prompt_switch.json",
+            "long_video_sink_window.json", "profile_and_reuse.json", "text_to_video_dummy_forcing.json"]
 
 
 # ------------------------------------------------------------------------------------ tests
@@ -370,3 +380,39 @@ def test_the_prompt_switch_workflow_schedules_three_prompts(specs):
     top = p[sampler["positive"][0]]
     assert top["class_type"] == "ConditioningCombine"
     assert next(q for q in p.values() if q["class_type"] == "EmptyHunyuanLatentVideo")["inputs"]["length"] == 241
+
+
+def test_the_tiny_model_workflow_compares_full_cache_and_dummy_forcing(specs):
+    """Nothing to download: the shipped small model, one prompt and seed through two AR Video
+    Samplers (the model directly, and through Apply Dummy Forcing), both decoded side by side into
+    one saved animation, a Cache Stats for each."""
+    from dummy_forcing_core.tiny.world import DEFAULT_PROMPT
+
+    p = to_api(load_workflows()["first_try_tiny_model.json"], specs)
+    kinds = sorted(q["class_type"] for q in p.values())
+    assert kinds == sorted(["DFTinyModelLoader", "DFTinyTextEncode", "DFTinyEmptyLatent", "ApplyDummyForcing",
+                            "ARVideoSampler", "ARVideoSampler", "DFTinyDecode", "DFTinyDecode", "ImageStitch",
+                            "SaveAnimatedWEBP", "CacheStats", "CacheStats"])
+    assert not {"UNETLoader", "CLIPLoader", "VAELoader"} & set(kinds)  # no file to download
+    loader = next(nid for nid, q in p.items() if q["class_type"] == "DFTinyModelLoader")
+    encode = next(q["inputs"] for q in p.values() if q["class_type"] == "DFTinyTextEncode")
+    assert encode["prompt"] == DEFAULT_PROMPT and encode["text_encoder"] == [loader, 1]
+    empty = next(q["inputs"] for q in p.values() if q["class_type"] == "DFTinyEmptyLatent")
+    assert (empty["frames"], empty["size"], empty["batch_size"]) == (24, 32, 1)  # what the model was trained on
+    samplers = {nid: q["inputs"] for nid, q in p.items() if q["class_type"] == "ARVideoSampler"}
+    by_model = {p[s["model"][0]]["class_type"]: (nid, s) for nid, s in samplers.items()}
+    assert set(by_model) == {"DFTinyModelLoader", "ApplyDummyForcing"}
+    df = p[by_model["ApplyDummyForcing"][1]["model"][0]]["inputs"]
+    assert df["model"] == [loader, 0] and df["dummy_heads"] == 0.5
+    full, dfs = by_model["DFTinyModelLoader"][1], by_model["ApplyDummyForcing"][1]
+    same = {k: v for k, v in full.items() if k != "model"}
+    assert same == {k: v for k, v in dfs.items() if k != "model"}  # the same video settings, seed, prompt, latent
+    assert full["frames_per_chunk"] == 3 and full["cache"] == "full" and full["seed"] == 0
+    stitch = next(q["inputs"] for q in p.values() if q["class_type"] == "ImageStitch")
+    decodes = [p[stitch[k][0]] for k in ("image1", "image2")]
+    assert [p[d["inputs"]["latent"][0]]["inputs"]["model"] for d in decodes] == [full["model"], dfs["model"]]
+    assert stitch["match_image_size"] is False  # same size already: no resampling of the pixels
+    save = next(q["inputs"] for q in p.values() if q["class_type"] == "SaveAnimatedWEBP")
+    assert save["lossless"] is True and p[save["images"][0]]["class_type"] == "ImageStitch"
+    stats = sorted(samplers[q["inputs"]["stats"][0]]["model"][0] for q in p.values() if q["class_type"] == "CacheStats")
+    assert stats == sorted([full["model"][0], dfs["model"][0]])

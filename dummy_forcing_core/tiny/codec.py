@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..errors import SettingError
 
-__all__ = ["PixelCodec", "CODEC", "to_uint8"]
+__all__ = ["PixelCodec", "CodecChunkDecoder", "CODEC", "to_uint8"]
 
 
 class PixelCodec:
@@ -78,10 +78,33 @@ class PixelCodec:
     def frames(self, latent: torch.Tensor, scale: int = 1) -> torch.Tensor:
         """[B, 12, F, h, w] -> frames [B * F, 2h * scale, 2w * scale, 3] float in [0, 1] (ComfyUI's
         IMAGE layout; video after video), each pixel repeated ``scale`` x ``scale`` times."""
+        return self.video_frames(latent, scale).flatten(0, 1)
+
+    def video_frames(self, latent: torch.Tensor, scale: int = 1) -> torch.Tensor:
+        """[B, 12, F, h, w] -> frames [B, F, 2h * scale, 2w * scale, 3] float in [0, 1], on the CPU."""
         video = self.decode(latent.detach().float().cpu()).clamp(-1, 1).add(1).div(2)  # [B, 3, F, H, W]
         if scale > 1:
             video = video.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-        return video.permute(0, 2, 3, 4, 1).flatten(0, 1).contiguous()
+        return video.permute(0, 2, 3, 4, 1).contiguous()
+
+    def chunk_decoder(self, scale: int = 1) -> "CodecChunkDecoder":
+        """This codec as a chunk-by-chunk decoder for ``pixel_stream.PixelStream``."""
+        return CodecChunkDecoder(self, scale)
+
+
+class CodecChunkDecoder:
+    """A :class:`~dummy_forcing_core.pixel_stream.FrameDecoder` over the codec: every latent frame
+    is final as soon as it is pushed (the codec keeps nothing between frames), so ``push``
+    returns its frames [B, n, H, W, 3] in 0..1 and ``finish`` nothing."""
+
+    def __init__(self, codec: PixelCodec, scale: int = 1):
+        self.codec, self.scale = codec, int(scale)
+
+    def push(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.codec.video_frames(latent, self.scale)
+
+    def finish(self) -> None:
+        return None
 
 
 CODEC = PixelCodec()

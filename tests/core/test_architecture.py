@@ -102,3 +102,104 @@ def test_the_sampling_loop_knows_no_cache_policy_by_name():
     graph, _, _ = _graph()
     for loop in ("dummy_forcing_core.sampler", "dummy_forcing_core.video_session", "dummy_forcing_core.chunk_runner"):
         assert not {"dummy_forcing_core.dummy_forcing", "dummy_forcing_core.head_profile"} & graph[loop], loop
+
+
+# ------------------------------------------------------------------------------------ runtime vs tools
+# The runtime is what ComfyUI runs: nodes/ and every module the nodes import, directly or not.
+# The small model's command-line tools (drawing its world, training, the demo, the evaluation)
+# live in tiny_model_tools/ and must stay out of it.
+TOOLS = "tiny_model_tools"
+NODES_DIR = os.path.join(ROOT, "nodes")
+
+
+def _repo_modules(root: str) -> dict[str, str]:
+    """{dotted name: file} of the repo's own packages (nodes, dummy_forcing_core, tiny_model_tools)."""
+    out = {}
+    for pkg in ("nodes", "dummy_forcing_core", TOOLS):
+        for folder, _, files in os.walk(os.path.join(root, pkg)):
+            for f in files:
+                if f.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(folder, f), root)[:-3].replace(os.sep, ".")
+                    out[rel.removesuffix(".__init__")] = os.path.join(folder, f)
+    return out
+
+
+def _all_imports(name: str, path: str) -> set[str]:
+    """Every module a file imports, anywhere in it (top level or inside a function), absolute."""
+    tree = ast.parse(open(path).read())
+    package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = ".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module
+            out |= {base} | {f"{base}.{a.name}" for a in node.names}
+    return out
+
+
+def _reachable(root: str, start_package: str = "nodes") -> set[str]:
+    """The repo modules ``start_package`` imports, followed through every import (packages' own
+    __init__ included, as Python runs them)."""
+    mods = _repo_modules(root)
+    todo = [m for m in mods if m == start_package or m.startswith(start_package + ".")]
+    seen: set[str] = set()
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        for target in _all_imports(m, mods[m]):
+            parts = target.split(".")
+            for i in range(1, len(parts) + 1):  # a.b.c runs a, a.b and a.b.c
+                if ".".join(parts[:i]) in mods:
+                    todo.append(".".join(parts[:i]))
+    return seen
+
+
+def test_the_runtime_never_reaches_the_tiny_model_tools():
+    runtime = _reachable(ROOT)
+    assert "dummy_forcing_core.tiny.model" in runtime and "dummy_forcing_core.tiny.codec" in runtime  # followed
+    assert not {m for m in runtime if m.split(".")[0] == TOOLS}, "the nodes reach the small model's tools"
+    core = [m for m in _repo_modules(ROOT) if m.split(".")[0] == "dummy_forcing_core"]
+    assert not [m for m in core if any(t.split(".")[0] == TOOLS for t in _all_imports(m, _repo_modules(ROOT)[m]))]
+
+
+def test_the_reachability_check_finds_a_planted_import(tmp_path):
+    """The walk follows relative, absolute and function-level imports through the core."""
+    for pkg in ("nodes", "dummy_forcing_core/tiny", TOOLS):
+        os.makedirs(tmp_path / pkg)
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "nodes" / "a.py").write_text("from . import b\n")
+    (tmp_path / "nodes" / "b.py").write_text("def f():\n    from dummy_forcing_core.tiny import model\n")
+    (tmp_path / "dummy_forcing_core" / "tiny" / "model.py").write_text("from ..tiny.codec import X\n")
+    (tmp_path / "dummy_forcing_core" / "tiny" / "codec.py").write_text("import tiny_model_tools.train\n")
+    (tmp_path / TOOLS / "train.py").write_text("")
+    found = _reachable(str(tmp_path))
+    assert {"nodes.b", "dummy_forcing_core.tiny.model", "dummy_forcing_core.tiny.codec", f"{TOOLS}.train"} <= found
+    (tmp_path / "dummy_forcing_core" / "tiny" / "codec.py").write_text("X = 1\n")
+    assert not {m for m in _reachable(str(tmp_path)) if m.startswith(TOOLS)}
+
+
+def test_importing_the_pack_loads_no_tool_module():
+    """The same at run time: ComfyUI's import of the pack (here on the headless stub) puts no
+    module of the tools in sys.modules."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, {stub!r}); sys.path.insert(0, {tests!r})\n"
+            "import comfy_stub_tools\n"
+            "pack = comfy_stub_tools.import_pack({root!r}, 'ComfyUI_Dummy_Forcing')\n"
+            "comfy_stub_tools.load_pack_nodes(pack)\n"
+            "assert 'ComfyUI_Dummy_Forcing.nodes.tiny_nodes' in sys.modules, sorted(sys.modules)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == {tools!r}))\n")
+    tests = os.path.join(ROOT, "tests")
+    r = subprocess.run([sys.executable, "-c", code.format(stub=os.path.join(tests, "comfy_stub"), tests=tests,
+                                                          root=ROOT, tools=TOOLS)],
+                       capture_output=True, text=True, timeout=300, cwd=tests)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]"

@@ -91,6 +91,20 @@ def test_codec_frames_are_the_video_enlarged_in_comfy_layout():
     assert float(CODEC.frames(CODEC.encode(video * 5), 1).max()) == 1.0  # clamped to the image range
 
 
+def test_codec_decodes_chunk_by_chunk_in_a_pixel_stream():
+    """The codec as the pixel stream's chunk decoder: pushing a video's latent in chunks of 3
+    gives the frames one decode of the whole latent gives."""
+    from dummy_forcing_core.pixel_stream import FrameCollector, PixelStream
+
+    latent = CODEC.encode(torch.rand(2, 3, 7, 8, 8) * 2 - 1)
+    collector = FrameCollector()
+    stream = PixelStream(CODEC.chunk_decoder(scale=2), [collector])
+    for f0 in range(0, 7, 3):
+        stream.push(latent[:, :, f0:f0 + 3])
+    stream.finish()
+    assert torch.equal(collector.images(), CODEC.frames(latent, 2))
+
+
 @pytest.mark.parametrize("shape, words", [((1, 16, 6, 4, 4), ["16 channels", "Wan2.1", "VAE Decode", "12"]),
                                           ((1, 12, 16, 16), ["not a video latent"]),
                                           ((1, 4, 6, 4, 4), ["4 channels", "12"]),

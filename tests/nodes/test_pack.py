@@ -14,10 +14,12 @@ from helpers import ROOT
 from node_helpers import PACK_MODULE, load_pack, pack_nodes
 
 NODE_IDS = ["ARVideoSampler", "ApplyDummyForcing", "ARCachePolicy", "ARPromptStart", "ProfileHeads", "LoadHeadProfile",
-            "CacheStats"]
+            "CacheStats", "DFTinyModelLoader", "DFTinyTextEncode", "DFTinyEmptyLatent", "DFTinyDecode"]
 DISPLAY = {"ARVideoSampler": "AR Video Sampler", "ApplyDummyForcing": "Apply Dummy Forcing",
            "ARCachePolicy": "AR Cache Policy", "ARPromptStart": "AR Prompt Start", "ProfileHeads": "Profile Heads",
-           "LoadHeadProfile": "Load Head Profile", "CacheStats": "Cache Stats"}
+           "LoadHeadProfile": "Load Head Profile", "CacheStats": "Cache Stats", "DFTinyModelLoader": "Load Tiny Model",
+           "DFTinyTextEncode": "Tiny Text Encode", "DFTinyEmptyLatent": "Tiny Empty Latent",
+           "DFTinyDecode": "Tiny Decode"}
 CATEGORY = "video/dummy forcing"
 
 
@@ -71,11 +73,15 @@ EXPECTED_INPUTS = {
     "ARPromptStart": ["conditioning", "start", "unit"],
     "LoadHeadProfile": ["profile_name"],
     "CacheStats": ["stats", "model", "latent"],
+    "DFTinyModelLoader": [], "DFTinyTextEncode": ["text_encoder", "prompt"],
+    "DFTinyEmptyLatent": ["frames", "size", "batch_size"], "DFTinyDecode": ["latent", "scale"],
 }
 EXPECTED_OUTPUTS = {
     "ARVideoSampler": ["LATENT", "DF_STATS"], "ApplyDummyForcing": ["MODEL"], "ARCachePolicy": ["MODEL"],
     "ARPromptStart": ["CONDITIONING"],
     "ProfileHeads": ["HEAD_PROFILE", "IMAGE"], "LoadHeadProfile": ["HEAD_PROFILE"], "CacheStats": ["STRING", "IMAGE"],
+    "DFTinyModelLoader": ["MODEL", "DF_TINY_TEXT"], "DFTinyTextEncode": ["CONDITIONING"],
+    "DFTinyEmptyLatent": ["LATENT"], "DFTinyDecode": ["IMAGE"],
 }
 DEFAULTS = {
     "ARVideoSampler": dict(seed=0, denoise_timesteps="1000,750,500,250", steps=4, shift=0.0, frames_per_chunk=3,
