@@ -230,7 +230,7 @@ def test_graph_replay_bookkeeping_equals_eager(model, ctx, monkeypatch, case):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g, stream=None: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, stream=None, **kw: contextlib.nullcontext())
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None, raising=False)
     orig_capture = cuda_graphs.PassGraphs._capture
 
