@@ -1,7 +1,11 @@
 #!/usr/bin/env node
 // Manual / optional check (not part of pytest): the example workflows in workflows/ in ComfyUI's
 // real web frontend, driven by a headless Chromium, and the Cache Stats / Profile Heads text
-// widget (web/dummy_forcing.js) after a real run on the harness's tiny Wan checkpoint.
+// widget (web/dummy_forcing.js) after a real run on the harness's tiny Wan checkpoint, and the
+// live view player (web/live_view.js) fed by nodes/live_view.py through a test-only node
+// (live_view_probe.py): frames shown in order with the colours planted, looping once complete,
+// stopped on cancel, no error when the node is removed mid-run (live_view*.png).
+// DF_FRONTEND_ONLY=live_view runs only that part (no workflows, no model run).
 //
 // Needs node >= 18, Debian's chromium and playwright-core (no browser download):
 //   apt-get install -y chromium
@@ -35,6 +39,8 @@ const FRONTEND_ONLY = new Set(["MarkdownNote", "Note"]);
 const NEEDS_CORE = { causal_forcing_i2v_dummy_forcing: ["SamplerARVideo", "ARVideoI2V"] };
 const WIDGET_TYPES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"]);
 const REPORT_WIDGET = "df_report"; // web/dummy_forcing.js
+const LIVE_WIDGET = "df_live_view"; // web/live_view.js
+const ONLY = process.env.DF_FRONTEND_ONLY || "";
 
 // What each workflow is meant to set, by widget name (README / docs): checked on what the
 // frontend shows, on top of the positional comparison with widgets_values.
@@ -111,7 +117,9 @@ from harness import ComfyServer
 src = open("test_pack_nodes.py").read()
 text_pack = next(n.value.value for n in ast.parse(src).body if isinstance(n, ast.Assign)
                  and getattr(n.targets[0], "id", "") == "TEXT_PACK_SOURCE")
-srv = ComfyServer.from_env(extra_packs={"df_test_text_context": text_pack})
+import live_view_probe
+srv = ComfyServer.from_env(extra_packs={"df_test_text_context": text_pack,
+                                        live_view_probe.PACK_NAME: live_view_probe.SOURCE})
 srv.prepare()
 placeholders = {"diffusion_models": ["self_forcing_dmd_bf16.safetensors", "longlive_bf16.safetensors",
                                      "causal_forcing-framewise.safetensors"],
@@ -567,6 +575,131 @@ async function runCheck(page, url, server) {
   return setup;
 }
 
+// ------------------------------------------------------------------------------------ live view
+// frame i of DFTestLiveView is one flat colour (live_view_probe.frame_color)
+const frameColor = (i) => [(40 + 67 * i) % 256, (200 + 101 * i) % 256, (90 + 29 * i) % 256];
+
+// One DFTestLiveView node on a fresh graph, queued from the page; the player sampled every 100 ms
+// (label, centre pixel of its canvas) until `afterMs` after the prompt ended. `removeOnFirst`:
+// the node is removed from the graph as soon as it shows a frame.
+async function liveRun(page, inputs, afterMs, removeOnFirst = false) {
+  return page.evaluate(async ([inputs, afterMs, removeOnFirst, WIDGET]) => {
+    const app = window.app, api = app.api, g = app.graph;
+    for (const n of [...g._nodes]) g.remove(n);
+    const node = window.LiteGraph.createNode("DFTestLiveView");
+    node.pos = [200, 150];
+    g.add(node);
+    for (const [k, v] of Object.entries(inputs)) {
+      const w = node.widgets.find((x) => x.name === k);
+      w.value = v;
+      w.callback?.(v);
+    }
+    app.canvas.ds.scale = 1;
+    app.canvas.ds.offset = [0, 0];
+    g.setDirtyCanvas(true, true);
+    let ended = null;
+    const onEnd = (name) => (e) => { ended ??= { name, at: performance.now() }; };
+    const handlers = ["execution_success", "execution_error", "execution_interrupted"].map((n) => [n, onEnd(n)]);
+    for (const [n, fn] of handlers) api.addEventListener(n, fn);
+    const live = [];
+    const onLive = (e) => live.push(e.detail);
+    api.addEventListener("dummy_forcing.live", onLive);
+    await app.queuePrompt(0, 1);
+    const samples = [];
+    const t0 = performance.now();
+    let removed = false;
+    while (performance.now() - t0 < 60000) {
+      await new Promise((r) => setTimeout(r, 100));
+      const w = node.widgets?.find((x) => x.name === WIDGET);
+      const canvas = w?.element?.querySelector?.("canvas");
+      const label = w?.element?.innerText ?? null;
+      let pixel = null;
+      if (canvas && canvas.width > 1) {
+        pixel = [...canvas.getContext("2d").getImageData(canvas.width >> 1, canvas.height >> 1, 1, 1).data.slice(0, 3)];
+      }
+      samples.push({ t: Math.round(performance.now() - t0), label, pixel, size: canvas ? [canvas.width, canvas.height] : null,
+                     visible: !!(w?.element?.offsetWidth && w.element.offsetHeight), ended: !!ended });
+      if (removeOnFirst && !removed && label && /frame [1-9]/.test(label)) {
+        g.remove(node);
+        removed = true;
+      }
+      if (ended && performance.now() - ended.at > afterMs) break;
+    }
+    for (const [n, fn] of handlers) api.removeEventListener(n, fn);
+    api.removeEventListener("dummy_forcing.live", onLive);
+    const alive = !!g.getNodeById(node.id);
+    return { id: node.id, ended: ended?.name ?? null, samples, live, alive,
+             widgets_values: alive ? node.serialize().widgets_values : null,
+             prompt_inputs: alive ? Object.keys((await app.graphToPrompt()).output[String(node.id)]?.inputs ?? {}) : null,
+             node_size: alive ? [...node.size] : null };
+  }, [inputs, afterMs, removeOnFirst, LIVE_WIDGET]);
+}
+
+function parseLabel(label) {
+  const m = /frame (\d+) \/ (\d+)( so far)?/.exec(label || "");
+  return m ? { n: Number(m[1]), m: Number(m[2]), soFar: !!m[3], cancelled: /cancel/.test(label) } : null;
+}
+
+async function liveViewCheck(page) {
+  const r = {};
+  report.live_view = r;
+  const errorsBefore = report.page_errors.length;
+  // 1. a run of 24 frames in 4 chunks, 0.6 s apart, played at 8 fps; then looped
+  const base = { frames: 24, chunk: 6, height: 48, width: 80, frame_rate: 8, delay: 0.6, cancel: false, live_preview: true };
+  const run = await liveRun(page, { ...base, nonce: 1 }, 4000);
+  r.run = { ended: run.ended, labels: [...new Set(run.samples.map((s) => s.label))], widgets_values: run.widgets_values,
+            prompt_inputs: run.prompt_inputs, node_size: run.node_size, live: run.live };
+  await nodeShot(page, run.id, path.join(OUT, "live_view.png"));
+  if (run.ended !== "execution_success") problem(`live view: run ended with ${run.ended}`);
+  const seen = run.samples.map((s) => ({ ...s, p: parseLabel(s.label) })).filter((s) => s.p);
+  if (!seen.length) problem(`live view: the node never showed a frame: ${JSON.stringify(run.samples.slice(-3))}`);
+  let colourMismatch = 0;
+  for (const s of seen) {
+    const want = frameColor(s.p.n - 1);
+    if (!s.pixel || s.pixel.some((v, k) => Math.abs(v - want[k]) > 12)) colourMismatch++;
+    if (!s.size || s.size[0] !== 80 || s.size[1] !== 48) problem(`live view: canvas ${JSON.stringify(s.size)}, frames are 80 x 48`);
+  }
+  // a sample may fall between the label and the picture of one frame: allow a few
+  if (colourMismatch > Math.max(2, seen.length * 0.1))
+    problem(`live view: ${colourMismatch} of ${seen.length} samples show a colour other than the labelled frame's`);
+  const during = seen.filter((s) => !s.ended);
+  if (!during.some((s) => s.p.soFar)) problem("live view: no 'so far' frame shown while the prompt ran");
+  const totals = during.map((s) => s.p.m);
+  if (totals.some((m, k) => k && m < totals[k - 1])) problem(`live view: frames so far went down: ${totals}`);
+  if (new Set(totals).size < 2) problem(`live view: the frames did not arrive chunk by chunk: ${[...new Set(totals)]}`);
+  if (during.some((s) => s.p.n > s.p.m)) problem("live view: showed a frame not yet received");
+  const ns = during.map((s) => s.p.n);
+  if (ns.some((n, k) => k && n < ns[k - 1])) problem(`live view: frames not in order while running: ${ns}`);
+  const stepMs = 1000 / base.frame_rate; // played at the frame rate: no bursts after a wait
+  const bursts = during.filter((s, k) => k && s.p.n - during[k - 1].p.n > Math.ceil((s.t - during[k - 1].t) / stepMs) + 1);
+  if (bursts.length) problem(`live view: frames skipped faster than the frame rate at ${bursts.map((s) => s.t)} ms: ${ns}`);
+  const after = seen.filter((s) => s.ended && !s.p.soFar);
+  if (!after.length || after.some((s) => s.p.m !== 24)) problem(`live view: complete label wrong: ${after.map((s) => s.label).slice(-3)}`);
+  const an = after.map((s) => s.p.n);
+  if (!an.some((n, k) => k && n < an[k - 1])) problem(`live view: the finished video did not loop: ${an}`);
+  if (!run.samples.some((s) => s.visible)) problem("live view: the player's element is never visible");
+  if (run.prompt_inputs?.includes(LIVE_WIDGET)) problem("live view: df_live_view sent in the prompt");
+  if ((run.widgets_values || []).length !== 9) problem(`live view: widgets_values ${JSON.stringify(run.widgets_values)} (9 widgets)`);
+  if (run.node_size && (run.node_size[1] > 900 || run.node_size[0] > 900)) problem(`live view: node grew to ${run.node_size}`);
+
+  // 2. cancelled after 2 of 4 chunks' worth: stops on its frame and says so
+  const cancel = await liveRun(page, { ...base, frames: 12, cancel: true, nonce: 2 }, 1500);
+  const cs = cancel.samples.map((s) => parseLabel(s.label)).filter((p) => p && p.cancelled);
+  r.cancel = { ended: cancel.ended, labels: [...new Set(cancel.samples.map((s) => s.label))] };
+  if (!cs.length) problem(`live view: no cancelled label: ${r.cancel.labels.slice(-3)}`);
+  else if (new Set(cs.map((p) => p.n)).size !== 1) problem(`live view: kept playing after cancel: ${cs.map((p) => p.n)}`);
+  await nodeShot(page, cancel.id, path.join(OUT, "live_view_cancelled.png"));
+
+  // 3. the node removed while frames still come: nothing thrown
+  const removed = await liveRun(page, { ...base, frames: 18, nonce: 3 }, 800, true);
+  r.removed = { ended: removed.ended, alive: removed.alive };
+  if (removed.alive) problem("live view: the node was not removed");
+  const newErrors = report.page_errors.slice(errorsBefore);
+  if (newErrors.length) problem(`live view: page errors: ${newErrors.join(" | ")}`);
+  console.log(`live view: run ${run.ended}, ${seen.length} samples with a frame, labels ${r.run.labels.slice(0, 3).join(" | ")} ... ` +
+              `${r.run.labels.slice(-2).join(" | ")}; cancel: ${r.cancel.labels.slice(-1)}`);
+}
+
 async function nodeShot(page, id, file, pad = 24) {
   // centre the node at scale 1 and clip the screenshot to it
   const box = await page.evaluate(([id, pad]) => {
@@ -622,14 +755,17 @@ async function nodeShot(page, id, file, pad = 24) {
     await closeDialogs(page);
     const exts = await page.evaluate(() => window.app.extensions.map((e) => e.name));
     if (!exts.includes("DummyForcing.NodeReport")) problem("extension DummyForcing.NodeReport not registered");
+    if (!exts.includes("DummyForcing.LiveView")) problem("extension DummyForcing.LiveView not registered");
     report.frontend_version = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__);
     const defs = await page.evaluate(async () => (await fetch("/api/object_info")).json());
     const templates = await page.evaluate(async () => (await fetch("/api/workflow_templates")).json());
     report.templates = templates;
 
-    for (const name of WORKFLOWS) await checkWorkflow(page, url, name, defs, templates);
+    if (defs.DFTestLiveView) await liveViewCheck(page);
+    else problem("live view check: no DFTestLiveView node on this server");
+    for (const name of ONLY === "live_view" ? [] : WORKFLOWS) await checkWorkflow(page, url, name, defs, templates);
 
-    if (defs.DFTestTextContext && (defs.UNETLoader.input.required.unet_name[0] || []).includes("tiny_wan_t2v.safetensors")) {
+    if (ONLY !== "live_view" && defs.DFTestTextContext && (defs.UNETLoader.input.required.unet_name[0] || []).includes("tiny_wan_t2v.safetensors")) {
       await runCheck(page, url, server);
       if ((defs.VAELoader.input.required.vae_name[0] || []).includes("tiny_wan_vae.safetensors") && defs.ARVideoI2V)
         await runCheckI2V(page);

@@ -50,11 +50,11 @@ class DFTestLiveView(io.ComfyNode):
                     io.Float.Input("delay", default=0.0, min=0.0, max=10.0),
                     io.Boolean.Input("cancel", default=False),
                     io.Boolean.Input("live_preview", default=True),
-                    io.Int.Input("seed", default=0, min=0, max=2 ** 31)],
+                    io.Int.Input("nonce", default=0, min=0, max=2 ** 31)],
             outputs=[], hidden=[io.Hidden.unique_id], is_output_node=True)
 
     @classmethod
-    def execute(cls, frames, chunk, height, width, frame_rate, delay, cancel, live_preview, seed):
+    def execute(cls, frames, chunk, height, width, frame_rate, delay, cancel, live_preview, nonce):
         view = live_view.LiveView(cls.hidden.unique_id if live_preview else None, frame_rate)
         colors = torch.tensor([frame_color(i) for i in range(frames)], dtype=torch.float32) / 255
         video = colors.view(1, frames, 1, 1, 3).expand(1, frames, height, width, 3).contiguous()

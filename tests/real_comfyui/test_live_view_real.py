@@ -78,7 +78,7 @@ def live_server():
 
 def _run(srv, tmp_path, **inputs) -> dict:
     base = {"frames": 10, "chunk": 4, "height": 48, "width": 80, "frame_rate": 8.0, "delay": 0.0,
-            "cancel": False, "live_preview": True, "seed": 0}
+            "cancel": False, "live_preview": True, "nonce": 0}
     prompt = {"7": {"class_type": live_view_probe.NODE_ID, "inputs": {**base, **inputs}}}
     pf = tmp_path / "prompt.json"
     pf.write_text(json.dumps(prompt))
@@ -96,7 +96,7 @@ def _frames_of(res, ev):
 
 
 def test_frames_reach_the_client(live_server, tmp_path):
-    res = _run(live_server, tmp_path, seed=1)
+    res = _run(live_server, tmp_path, nonce=1)
     assert res["end"] == "execution_success", live_server.log_tail()
     evs = res["events"]
     assert [(e["state"], e.get("first"), e.get("count")) for e in evs] == [
@@ -114,16 +114,16 @@ def test_frames_reach_the_client(live_server, tmp_path):
 
 
 def test_cancel_and_off(live_server, tmp_path):
-    res = _run(live_server, tmp_path, frames=6, cancel=True, seed=2)
+    res = _run(live_server, tmp_path, frames=6, cancel=True, nonce=2)
     assert [(e["state"], e.get("first"), e.get("count")) for e in res["events"]] == [
         ("frames", 0, 4), ("frames", 4, 2), ("cancelled", None, None)]
     assert res["events"][-1]["frames"] == 6
-    res = _run(live_server, tmp_path, live_preview=False, seed=3)
+    res = _run(live_server, tmp_path, live_preview=False, nonce=3)
     assert res["end"] == "execution_success" and res["events"] == []
 
 
 def test_large_frames_downscaled(live_server, tmp_path):
-    res = _run(live_server, tmp_path, frames=2, chunk=2, height=720, width=1280, seed=4)
+    res = _run(live_server, tmp_path, frames=2, chunk=2, height=720, width=1280, nonce=4)
     (ev, done) = res["events"]
     assert (ev["width"], ev["height"], done["state"]) == (512, 288, "complete")
     frames = _frames_of(res, ev)
