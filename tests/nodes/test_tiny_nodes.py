@@ -2,11 +2,7 @@
 Latent, Tiny Decode, the first_try_tiny_model.json workflow end to end, ComfyUI's own AR sampler on
 the model, and the latents / conditionings of the wrong model refused.
 
-Quality thresholds (the same as tests/real_comfyui/test_tiny_workflow.py; measured with the
-workflow's prompt, seed 0, 24 frames, CPU float32, see docs/tiny_model.md "In ComfyUI"):
-full cache: the yellow square is found in every frame (persistence 1.0), starts in its cell,
-moves up-right (direction 0.957, speed 1.25 px/frame); Dummy Forcing 50 %: persistence 1.0,
-direction 0.957, PSNR 22.66 dB / SSIM 0.908 against the full cache.
+Quality bars and the numbers measured when they were set: tests/tiny_quality.py.
 """
 from __future__ import annotations
 
@@ -17,7 +13,8 @@ import pytest
 import torch
 
 from node_helpers import ModelSnapshot, cond, tiny_wan, video_latent
-from test_workflow_graphs import CoreStandIns, _workflow_tools, execute, of_type
+from test_workflow_graphs import CoreStandIns, _workflow_tools, execute
+from tiny_quality import CORE_PSNR_MIN, CORE_SSIM_MIN, check_quality
 
 import comfy.model_management
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
@@ -28,43 +25,6 @@ from dummy_forcing_core.tiny.model import DEFAULT_PATH, load_tiny, read_tiny
 from dummy_forcing_core.tiny.world import DEFAULT_PROMPT, PROMPT_FORM
 
 pytestmark = pytest.mark.skipif(not os.path.exists(DEFAULT_PATH), reason="shipped tiny model missing")
-
-FULL_MIN = {"persistence": 0.95, "start_cell": 1.0, "direction": 0.85}  # measured 1.0, 1.0, 0.957
-DF_MIN = {"persistence": 0.95, "direction": 0.85}                       # measured 1.0, 0.957
-DF_PSNR_MIN, DF_SSIM_MIN = 20.0, 0.85                                   # measured 22.66 dB, 0.908
-CORE_PSNR_MIN, CORE_SSIM_MIN = 18.0, 0.75  # ComfyUI's own loop (its noise, simple 4-step sigmas): 20.40 dB, 0.816
-
-
-def pack_module(name: str):
-    import importlib
-
-    return importlib.import_module(f"ComfyUI_Dummy_Forcing.nodes.{name}")  # the pack is loaded by the N fixture
-
-
-def metrics():
-    from tiny_model_tools import metrics as m  # test-only: the runtime never imports the tools
-    return m
-
-
-def video_of(frames: torch.Tensor, scale: int = 1) -> torch.Tensor:
-    """IMAGE frames [F, H, W, 3] in [0, 1] (one video) -> [3, F, H/scale, W/scale] in [-1, 1]."""
-    return frames[:, ::scale, ::scale].permute(3, 0, 1, 2) * 2 - 1
-
-
-def check_quality(full: torch.Tensor, dfv: torch.Tensor, psnr_min: float = DF_PSNR_MIN, ssim_min: float = DF_SSIM_MIN,
-                  prompt: str = DEFAULT_PROMPT) -> dict:
-    m = metrics()
-    got = {"full": m.world_metrics(full, prompt), "df": m.world_metrics(dfv, prompt), "psnr": m.psnr(dfv, full),
-           "ssim": m.ssim(dfv, full)}
-    print("measured:", {k: ({q: round(x, 3) for q, x in v.items()} if isinstance(v, dict) else round(v, 3))
-                        for k, v in got.items()})
-    for k, v in FULL_MIN.items():
-        assert got["full"][k] >= v, (k, got)
-    for k, v in DF_MIN.items():
-        assert got["df"][k] >= v, (k, got)
-    assert got["psnr"] >= psnr_min and got["ssim"] >= ssim_min, got
-    return got
-
 
 @pytest.fixture
 def tiny(N, run_node):

@@ -70,13 +70,14 @@ class PromptResult:
 class ComfyServer:
     def __init__(self, comfy_dir: str, python: str | None = None, repo_root: str = REPO_ROOT,
                  link_pack: bool = True, extra_args: list[str] | None = None,
-                 extra_packs: dict[str, str] | None = None):
+                 extra_packs: dict[str, str] | None = None, random_checkpoints: bool = True):
         self.comfy_dir = os.path.abspath(comfy_dir)
         self.python = python or sys.executable
         self.repo_root = repo_root
         self.link_pack = link_pack
         self.extra_args = list(extra_args or [])
         self.extra_packs = dict(extra_packs or {})  # {folder name: __init__.py source}
+        self.random_checkpoints = random_checkpoints  # False: models/ stays empty (the shipped tiny model only)
         self.base_dir: str | None = None
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
@@ -111,8 +112,9 @@ class ComfyServer:
             os.makedirs(d)
             with open(os.path.join(d, "__init__.py"), "w") as f:
                 f.write(source)
-        self.write_tiny_wan()
-        self.write_tiny_wan(TINY_CAUSAL_NAME, causal=True)
+        if self.random_checkpoints:
+            self.write_tiny_wan()
+            self.write_tiny_wan(TINY_CAUSAL_NAME, causal=True)
 
     def write_tiny_wan(self, name: str = TINY_WAN_NAME, causal: bool = False) -> str:
         out = os.path.join(self.base_dir, "models", "diffusion_models", name)
