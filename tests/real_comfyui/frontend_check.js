@@ -94,7 +94,7 @@ const INTENDED = {
 
 const problems = [];
 const notes = [];
-const report = { workflows: {}, run: null, page_errors: [], console_errors: [], external_requests: [], notes };
+const report = { workflows: {}, run: null, page_errors: [], console_errors: [], http_errors: [], external_requests: [], notes };
 // A newer ComfyUI may append widgets to a core node (CreateVideo's bit_depth in 0.27): a file
 // saved without them loads with their defaults. Reported as notes, not problems; the pack's own
 // nodes get no such leniency.
@@ -742,6 +742,11 @@ async function nodeShot(page, id, file, pad = 24) {
     page.on("console", (m) => {
       if (m.type() === "error" || /\[dummy_forcing\]|dummy_forcing\.js\b/.test(m.text())) report.console_errors.push(`${m.type()}: ${m.text().slice(0, 400)}`);
       if (/\[dummy_forcing\]|dummy_forcing\.js\b/.test(m.text())) problem(`console ${m.type()} mentions dummy_forcing: ${m.text().slice(0, 300)}`);
+    });
+    page.on("response", (res) => {
+      if (res.status() < 400) return;
+      report.http_errors.push(`${res.status()} ${res.url()}`);
+      if (/dummy_forcing_live/.test(res.url())) problem(`live view sheet not served: ${res.status()} ${res.url()}`);
     });
     await page.route("**/*", (route) => {
       const u = route.request().url();
