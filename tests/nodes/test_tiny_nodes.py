@@ -26,6 +26,18 @@ from dummy_forcing_core.tiny.world import DEFAULT_PROMPT, PROMPT_FORM
 
 pytestmark = pytest.mark.skipif(not os.path.exists(DEFAULT_PATH), reason="shipped tiny model missing")
 
+
+def pack_module(name: str):
+    import importlib
+
+    return importlib.import_module(f"ComfyUI_Dummy_Forcing.nodes.{name}")  # the pack is loaded by the N fixture
+
+
+def video_of(frames: torch.Tensor, scale: int = 1) -> torch.Tensor:
+    """IMAGE frames [F, H, W, 3] in [0, 1] (one video) -> [3, F, H/scale, W/scale] in [-1, 1]."""
+    return frames[:, ::scale, ::scale].permute(3, 0, 1, 2) * 2 - 1
+
+
 @pytest.fixture
 def tiny(N, run_node):
     model, text = run_node(N["DFTinyModelLoader"]).args
