@@ -18,6 +18,7 @@ good (``error``) and the pass runs eagerly.
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -26,7 +27,12 @@ import torch
 from .attention import count_full_pass
 from .rope import RopeTable
 
-__all__ = ["PassGraphs"]
+__all__ = ["PassGraphs", "CAPTURE_LOCK"]
+
+# Held while a graph is captured. Other threads that use CUDA in this process (the overlapped
+# decode of pixel_stream) hold it around each step: a stray sync or allocation from another thread
+# (cudnn.benchmark, a host copy) during a capture invalidates it.
+CAPTURE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -121,8 +127,7 @@ class PassGraphs:
             return eager(sx, st, RopeTable(scos, ssin), cache, text)
 
         graph = torch.cuda.CUDAGraph()
-        # thread_local: a decode running on another thread (pixel_stream) may use CUDA meanwhile
-        with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
+        with CAPTURE_LOCK, torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
             out, grid = fn()
         self.stats["captures"] += 1
         return _GraphEntry(graph, sx, st, scos, ssin, out, grid, 0, cache.scratch_state(), (text, keep), fn)

@@ -8,10 +8,11 @@ Phases of a :class:`PixelStream`::
     stream.finish()        # the decoder's tail, every sink closed (a file takes its final name)
     stream.abort()         # on error / Cancel instead: sinks abort (no partial file is kept)
 
-With ``overlap`` (CUDA), the decode of chunk k runs on its own CUDA stream, driven by one
-worker thread, while the caller's stream makes chunk k+1; at most ``max_pending`` chunks wait,
-so memory stays bounded (``push`` blocks when the decoder falls behind). Without it (CPU), the
-decode runs inline. Frames reach the sinks in order, on the host, as float
+With ``overlap`` (CUDA), the decode of chunk k runs on its own CUDA stream, driven by a decode
+thread, while the caller's stream makes chunk k+1, and a second thread feeds the sinks (a video
+encoder never holds up the GPU); at most ``max_pending`` chunks wait in each queue, so memory
+stays bounded (``push`` blocks when the decoder falls behind). A decode step never runs while a
+CUDA graph is captured (``cuda_graphs.CAPTURE_LOCK``). Without ``overlap`` (CPU), all runs inline. Frames reach the sinks in order, on the host, as float
 ``[B, T, H, W, 3]`` in 0..1 together with the index of their first frame.
 
 A decoder (:class:`FrameDecoder`) keeps its own causal state between pushes, so the frames
@@ -19,12 +20,15 @@ equal one decode of the whole latent (see ``vae_stream.py``).
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from typing import Protocol
 
 import torch
+
+from .cuda_graphs import CAPTURE_LOCK
 
 __all__ = ["FrameDecoder", "FrameSink", "PixelStream", "FrameCollector"]
 
@@ -57,17 +61,21 @@ class PixelStream:
         self.decoder = decoder
         self.sinks = list(sinks)
         self.frames = 0            # frames handed to the sinks so far
-        self.decode_seconds = 0.0  # decoder time, inline mode only (overlapped: it is hidden)
+        self.decode_seconds = 0.0  # wall time of the decode steps (overlapped: in the decode thread)
         self.first_frame_at: float | None = None  # perf_counter() when the first frames reached the sinks
         self._error: BaseException | None = None
         self._closed = False
-        self.overlap = bool(overlap) and torch.cuda.is_available()
-        if self.overlap:
-            self._device = torch.device(device) if device is not None else torch.device("cuda")
-            self._side = torch.cuda.Stream(device=self._device)
+        self.overlap = bool(overlap)
+        self._device = torch.device(device) if device is not None else None
+        self._cuda = self.overlap and self._device is not None and self._device.type == "cuda"
+        if self.overlap:  # threads; and on CUDA a stream of its own (on the CPU: order and errors alike)
+            self._side = torch.cuda.Stream(device=self._device) if self._cuda else None
             self._jobs: queue.Queue = queue.Queue(maxsize=max(1, int(max_pending)))
+            self._host: queue.Queue = queue.Queue(maxsize=max(1, int(max_pending)))
             self._worker = threading.Thread(target=self._work, name="dummy_forcing_decode", daemon=True)
+            self._feeder = threading.Thread(target=self._feed, name="dummy_forcing_sinks", daemon=True)
             self._worker.start()
+            self._feeder.start()
 
     # ---------------------------------------------------------------- caller side
     def push(self, latent: torch.Tensor) -> None:
@@ -77,8 +85,10 @@ class PixelStream:
         if not self.overlap:
             self._decode_and_deliver(latent)
             return
-        ready = torch.cuda.Event()
-        ready.record(torch.cuda.current_stream(self._device))
+        ready = None
+        if self._cuda:
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(self._device))
         self._put((latent, ready))
 
     def finish(self) -> None:
@@ -91,6 +101,7 @@ class PixelStream:
                 self._put(None)  # the tail
                 self._put(_STOP)
                 self._worker.join()
+                self._feeder.join()
             else:
                 self._deliver(self.decoder.finish())
             self._raise_pending()
@@ -118,6 +129,7 @@ class PixelStream:
                     except queue.Empty:
                         pass
             self._worker.join()
+            self._feeder.join()
         for s in self.sinks:
             try:
                 s.abort()
@@ -141,25 +153,46 @@ class PixelStream:
 
     # ---------------------------------------------------------------- decode side
     def _work(self) -> None:
-        torch.cuda.set_device(self._device)
+        """Decode thread: GPU decode on the side stream, frames to the host, on to the feeder."""
+        if self._cuda:
+            torch.cuda.set_device(self._device)
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is _STOP:
+                    return
+                if self._error is not None:
+                    continue  # drain after a failure
+                try:
+                    t0 = time.perf_counter()
+                    with CAPTURE_LOCK, (torch.cuda.stream(self._side) if self._cuda else contextlib.nullcontext()):
+                        if job is None:
+                            frames = self.decoder.finish()
+                        else:
+                            latent, ready = job
+                            if ready is not None:
+                                self._side.wait_event(ready)
+                                latent.record_stream(self._side)  # made on the caller's stream, read on this one
+                            frames = self.decoder.push(latent)
+                        host = None if frames is None else frames.to("cpu")  # waits for this stream only
+                    self.decode_seconds += time.perf_counter() - t0
+                    self._host.put(host)
+                except BaseException as e:  # handed to the caller at its next push / finish
+                    self._error = e
+        finally:
+            self._host.put(_STOP)
+
+    def _feed(self) -> None:
+        """Sink thread: hands host frames to the sinks in order (encoding, previews)."""
         while True:
-            job = self._jobs.get()
-            if job is _STOP:
+            frames = self._host.get()
+            if frames is _STOP:
                 return
             if self._error is not None:
-                continue  # drain after a failure
+                continue
             try:
-                with torch.cuda.stream(self._side):
-                    if job is None:
-                        frames = self.decoder.finish()
-                    else:
-                        latent, ready = job
-                        self._side.wait_event(ready)
-                        latent.record_stream(self._side)  # made on the caller's stream, read on this one
-                        frames = self.decoder.push(latent)
-                    host = None if frames is None else frames.to("cpu")  # waits for this stream only
-                self._deliver(host)
-            except BaseException as e:  # handed to the caller at its next push / finish
+                self._deliver(frames)
+            except BaseException as e:
                 self._error = e
 
     def _decode_and_deliver(self, latent: torch.Tensor) -> None:

@@ -162,11 +162,13 @@ class _Recorder:
         self.aborted = True
 
 
-def test_stream_hands_frames_in_order_and_collects_the_image_batch():
+@pytest.mark.parametrize("overlap", [False, True])
+def test_stream_hands_frames_in_order_and_collects_the_image_batch(overlap):
     vae = _FakeWanVAE().double()
     z = torch.randn(2, 4, 7, 5, 6, dtype=torch.float64)
     rec, col = _Recorder(), FrameCollector(torch.float64)
-    stream = PixelStream(WanCausalDecoder(vae, 2, 2, torch.float64, "cpu", torch.float64), [rec, col])
+    stream = PixelStream(WanCausalDecoder(vae, 2, 2, torch.float64, "cpu", torch.float64), [rec, col],
+                         overlap=overlap, max_pending=1, device="cpu")
     with torch.no_grad():
         for f0 in range(0, 7, 3):
             stream.push(z[:, :, f0:f0 + 3])
@@ -180,10 +182,12 @@ def test_stream_hands_frames_in_order_and_collects_the_image_batch():
     torch.testing.assert_close(col.images(), ref.reshape(14, 5, 6, 3))  # video 0's frames, then video 1's
 
 
-def test_a_failing_sink_aborts_every_sink_and_raises():
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_failing_sink_aborts_every_sink_and_raises(overlap):
     vae = _FakeWanVAE().double()
     bad, good = _Recorder(fail_at=3), _Recorder()
-    stream = PixelStream(WanCausalDecoder(vae, 2, 2, torch.float64, "cpu", torch.float64), [good, bad])
+    stream = PixelStream(WanCausalDecoder(vae, 2, 2, torch.float64, "cpu", torch.float64), [good, bad],
+                         overlap=overlap, device="cpu")
     z = torch.randn(1, 4, 9, 5, 6, dtype=torch.float64)
     with pytest.raises(OSError, match="No space"), torch.no_grad():
         try:
