@@ -85,6 +85,7 @@ class Player {
     this.state = "playing"; // | "complete" | "cancelled" | "stopped"
     this.shown = -1; // index of the frame on the canvas
     this.nextAt = 0;
+    this.waiting = true; // no frame to show yet
     this.raf = 0;
     const { widget, created } = liveWidget(node);
     this.view = widget.dfView;
@@ -172,14 +173,13 @@ class Player {
       if (!this.alive()) return this.stop();
       if (this.state === "cancelled") return this.updateLabel(); // stays on the frame it shows
       const step = 1000 / this.fps;
-      if (now - this.nextAt > 4 * step) this.nextAt = now; // after a wait: no burst of frames
+      // after waiting for frames (or a hidden tab): the next frame now, then on time (no burst)
+      if (this.waiting || now - this.nextAt > 4 * step) this.nextAt = Math.max(this.nextAt, now);
+      this.waiting = false;
       let drawn = false;
       while (now >= this.nextAt) {
         const next = this.following(this.shown);
-        if (next === null) {
-          this.nextAt = now; // waiting for frames: the next one shows as soon as it is there
-          break;
-        }
+        if (next === null) break;
         this.shown = next;
         this.nextAt += step;
         drawn = true;
@@ -188,6 +188,7 @@ class Player {
       this.updateLabel();
       // keep time while a next frame is there (playing, looping); otherwise idle until a sheet loads
       if (this.following(this.shown) !== null) this.schedule();
+      else this.waiting = true;
     } catch (err) {
       console.warn("[dummy_forcing] live view stopped", err);
       this.stop();

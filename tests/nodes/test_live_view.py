@@ -7,6 +7,8 @@ import importlib
 import json
 import logging
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from PIL import Image
 
 import folder_paths
 import server
+from helpers import ROOT
 from node_helpers import load_pack
 
 JPEG_TOL = 6 / 255  # mean abs error of a q85 JPEG on smooth content is ~1/255
@@ -230,3 +233,150 @@ def test_nan_and_out_of_range_pixels(lv, prompt_server):
     got = read_sprite(live_events(prompt_server, lv)[0])
     assert got[0, 1:6].max() < 0.1 and got[1, 1:6].min() > 0.9  # NaN shows black, > 1 white
     assert (got[:, 10:] - video[0, :, 10:]).abs().mean() < JPEG_TOL
+
+
+# ------------------------------------------------------------------------------------ web/live_view.js
+NODE_BIN = shutil.which("node")
+
+# A fake page for web/live_view.js: app / api as ComfyUI's scripts export them, DOM elements,
+# images whose loading the script decides, and requestAnimationFrame on a virtual clock.
+FAKE_PAGE = r"""
+const drawn = [];   // [t, sheet filename, frame index in the video] for each drawImage
+const warnings = [];
+console.warn = (...a) => warnings.push(a.map(String).join(" "));
+let now = 0;
+let rafs = new Map(), rafId = 0;
+globalThis.requestAnimationFrame = (f) => { rafs.set(++rafId, f); return rafId; };
+globalThis.cancelAnimationFrame = (id) => rafs.delete(id);
+function advance(ms) {  // run the animation frames of the next `ms` milliseconds, 60 per second
+  const end = now + ms;
+  while (now < end) {
+    now += 1000 / 60;
+    const due = [...rafs.values()];
+    rafs.clear();
+    for (const f of due) f(now);
+  }
+}
+const images = [];
+globalThis.Image = class {
+  set src(v) { this._src = v; if (v) images.push(this); }
+  get src() { return this._src; }
+};
+const sheetName = (img) => new URLSearchParams(img.src.split("?")[1]).get("filename");
+function loadAll(ok = true) { for (const img of images.splice(0)) (ok ? img.onload : img.onerror)?.(); }
+function element(tag) {
+  const el = { tag, style: {}, children: [], textContent: "", width: 0, height: 0,
+               append(...c) { this.children.push(...c); } };
+  if (tag === "canvas") el.getContext = () => ({
+    clearRect() { el.cleared = (el.cleared || 0) + 1; },
+    drawImage(img, sx, sy, sw, sh) { drawn.push([Math.round(now), sheetName(img), img.first + sy / sh]); },
+  });
+  return el;
+}
+globalThis.document = { createElement: element };
+
+const { app } = await import("./scripts/app.js");
+const { api } = await import("./scripts/api.js");
+await import("./extensions/pack/live_view.mjs");
+for (const e of app.extensions) e.setup?.();
+
+function makeNode(id, { ours = true } = {}) {
+  return { id, graph: {}, size: [300, 200], comfyClass: ours ? "ARVideoSampler" : "KSampler",
+           widgets: ours ? [{ name: "live_preview", value: true }] : [],
+           addDOMWidget(name, type, el, options) { const w = { name, type, element: el, options }; this.widgets.push(w); return w; },
+           computeSize() { return [300, 260]; }, setSize(s) { this.size = s; } };
+}
+function graphOf(nodes) { const m = new Map(nodes.map((n) => [String(n.id), n])); return { m, getNodeById: (id) => m.get(String(id)) }; }
+const send = (d) => api.dispatchEvent(new CustomEvent("dummy_forcing.live", { detail: d }));
+let sheetNo = 0;
+function frames(node, run, first, count, extra = {}) {
+  const filename = `${node}_${run}_${sheetNo++}.jpg`;
+  const before = images.length;
+  send({ node, run, state: "frames", filename, subfolder: "dummy_forcing_live", type: "temp", first, count,
+         width: 80, height: 48, frame_rate: 8, ...extra });
+  if (images.length > before) images[images.length - 1].first = first;  // lets drawImage name the frame it draws
+  return filename;
+}
+const live = (node) => node.widgets.find((w) => w.name === "df_live_view");
+const label = (node) => live(node)?.element.children[1].textContent;
+const out = {};
+const take = (key) => { out[key] = { drawn: drawn.splice(0), label: label(nodeA) }; };
+
+const nodeA = makeNode(7), inner = makeNode(12), other = makeNode(8, { ours: false });
+const sub = makeNode(5); sub.subgraph = graphOf([inner]);
+app.graph = graphOf([nodeA, other, sub]);
+
+frames("7", "A", 0, 4); loadAll(); advance(1000); take("first_sheet");
+frames("7", "A", 4, 4); advance(300); take("sheet_loading");
+loadAll(); advance(1000); take("second_sheet");
+send({ node: "7", run: "A", state: "complete", frames: 8 }); advance(2000); take("complete");
+frames("7", "B", 0, 3); const cleared = live(nodeA).element.children[0].cleared;
+frames("7", "A", 8, 4);  // late sheet of the replaced run
+out.late_fetched = images.some((i) => i.first === 8);
+loadAll(); advance(200); take("new_run");
+send({ node: "7", run: "B", state: "cancelled", frames: 3 }); advance(1000); take("cancelled");
+out.widgets = nodeA.widgets.map((w) => [w.name, w.serialize ?? null, w.options?.serialize ?? null]);
+out.cleared = cleared;
+out.size = nodeA.size;
+frames("7", "C", 0, 2); loadAll(false); frames("7", "C", 2, 2); loadAll(); advance(1000); take("failed_sheet");
+frames("7", "D", 0, 2); loadAll(); advance(100);
+app.graph.m.delete("7");  // the node removed while its video plays
+advance(500); take("node_removed");
+out.rafs_after_removal = rafs.size;
+frames("7", "E", 0, 2); out.removed_node_fetched = images.length; images.splice(0);
+frames("8", "F", 0, 2); out.other_type_widget = !!live(other); images.splice(0);
+frames("9", "G", 0, 2); out.missing_node_fetched = images.length; images.splice(0);
+frames("5:12", "H", 0, 2); loadAll(); advance(300); out.subgraph = { drawn: drawn.splice(0), label: label(inner) };
+send(null); send({}); send({ node: "5:12" }); send({ node: "5:12", run: "H", state: "frames", first: -1, count: "x" });
+app.graph = graphOf([nodeA]); app.graph.m.set("7", nodeA);
+for (let k = 0; k < 10; k++) { frames("7", "K", k * 100, 100); }  // 1000 frames: only the newest are kept
+out.released = images.filter((i) => i.src === "").map((i) => i.first);
+loadAll(); advance(200); take("kept");
+out.warnings = warnings;
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(NODE_BIN is None, reason="node.js not installed")
+def test_web_player(tmp_path):
+    """web/live_view.js in node.js on a fake page (virtual clock): frames drawn in order at the frame
+    rate as sheets load, a new run restarts, late events of a replaced run are ignored, cancel
+    stops, complete loops, failed sheets are skipped, a removed or foreign node is left alone."""
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "extensions" / "pack").mkdir(parents=True)
+    shutil.copy(os.path.join(ROOT, "web", "live_view.js"), tmp_path / "extensions" / "pack" / "live_view.mjs")
+    (tmp_path / "scripts" / "app.js").write_text(
+        "export const app = { extensions: [], graph: null, registerExtension(e) { this.extensions.push(e); } };\n")
+    (tmp_path / "scripts" / "api.js").write_text(
+        "export const api = new EventTarget();\napi.apiURL = (route) => '/api' + route;\n")
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "run.mjs").write_text(FAKE_PAGE)
+    r = subprocess.run([NODE_BIN, str(tmp_path / "run.mjs")], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    frames_of = lambda key: [f for _, _, f in out[key]["drawn"]]  # noqa: E731
+    times_of = lambda key: [t for t, _, _ in out[key]["drawn"]]  # noqa: E731
+
+    def at_frame_rate(times, fps=8):  # frame k at t0 + k / fps, to within one animation frame
+        return all(abs(t - times[0] - k * 1000 / fps) <= 17 for k, t in enumerate(times))
+
+    assert frames_of("first_sheet") == [0, 1, 2, 3] and at_frame_rate(times_of("first_sheet"))
+    assert out["first_sheet"]["label"] == "frame 4 / 4 so far"
+    assert frames_of("sheet_loading") == [] and out["sheet_loading"]["label"] == "frame 4 / 8 so far"
+    assert frames_of("second_sheet") == [4, 5, 6, 7] and at_frame_rate(times_of("second_sheet"))  # no burst
+    assert frames_of("complete")[:9] == [0, 1, 2, 3, 4, 5, 6, 7, 0]  # loops once complete
+    assert out["complete"]["label"].endswith("/ 8") and "so far" not in out["complete"]["label"]
+    assert out["late_fetched"] is False
+    assert frames_of("new_run") == [0, 1] and all("_B_" in f for _, f, _ in out["new_run"]["drawn"])
+    assert out["cleared"] >= 2  # the canvas is cleared for the new run
+    assert frames_of("cancelled") == [] and "cancelled" in out["cancelled"]["label"]
+    assert out["cancelled"]["label"].startswith("stopped: frame 2 / 3")
+    assert [w for w in out["widgets"] if w[0] == "df_live_view"] == [["df_live_view", False, False]]  # one, unsaved
+    assert out["size"][1] > 200  # grown to show the video
+    assert frames_of("failed_sheet") == [2, 3]
+    assert frames_of("node_removed") == [0] and out["rafs_after_removal"] == 0
+    assert out["removed_node_fetched"] == 0 and out["other_type_widget"] is False and out["missing_node_fetched"] == 0
+    assert [f for _, _, f in out["subgraph"]["drawn"]] == [0, 1] and out["subgraph"]["label"] == "frame 2 / 2 so far"
+    assert out["released"] == [0, 100]  # 1000 frames sent: the oldest beyond 720 dropped
+    assert frames_of("kept")[0] == 200  # the playhead starts at the oldest kept frame
+    assert out["warnings"] == []
