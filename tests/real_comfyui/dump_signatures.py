@@ -34,6 +34,7 @@ CALLABLES = {
     "comfy.latent_formats": ["Wan21.process_in", "Wan21.process_out", "LatentFormat.process_in"],
     "comfy.model_base": ["BaseModel.__init__", "BaseModel.apply_model", "BaseModel.get_dtype",
                          "BaseModel.process_latent_in", "BaseModel.process_latent_out", "WAN21.__init__"],
+    "comfy.supported_models": ["WAN21_T2V.__init__", "WAN21_T2V.get_model", "WAN21_T2V.set_inference_dtype"],
     "comfy.model_sampling": ["time_snr_shift", "ModelSamplingDiscreteFlow.__init__",
                              "ModelSamplingDiscreteFlow.set_parameters", "ModelSamplingDiscreteFlow.timestep",
                              "ModelSamplingDiscreteFlow.sigma", "ModelSamplingDiscreteFlow.percent_to_sigma",

@@ -15,7 +15,6 @@ import torch
 
 import comfy.latent_formats
 import comfy.model_base
-from dummy_forcing_core.wan_model import WanConfig
 
 
 class WAN21_T2V:  # noqa: N801 - ComfyUI's name
@@ -40,6 +39,8 @@ class WAN21_T2V:  # noqa: N801 - ComfyUI's name
         self.manual_cast_dtype = manual_cast_dtype
 
     def _diffusion_model(self, cls):
+        from dummy_forcing_core.wan_model import WanConfig  # the stub's Wan modules are the pack's WanModel
+
         u = self.unet_config
         names = ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim", "freq_dim",
                  "patch_size", "eps")
