@@ -150,8 +150,12 @@ def open_pixel_output(vae, latent_shape, options: PixelOptions, node_id=None, ov
     with it, e.g. the diffusion model being sampled, so one does not push the other out) and
     open the sinks. latent_shape: the video latent's [B, C, F, H, W]; the VAE must be checked."""
     check_options(options, vae, owner)
-    B, _, _, H, W = (int(v) for v in latent_shape)
+    B, C, _, H, W = (int(v) for v in latent_shape)
     kind = _kind(vae, "vae")
+    if C != WAN_LATENT_CHANNELS:  # e.g. the shipped small model's 12-channel codec latents
+        raise SettingError("input", "vae", f"the 'vae' input decodes {WAN_LATENT_CHANNELS}-channel Wan2.1 latents but "
+                           f"this video's latents have {C} channels" + (" (the small model's: leave 'vae' unconnected "
+                           "and decode them with Tiny Decode)" if C == 12 else ""))
     scale = 8
     paths, saved = [], []
     if options.save != "off":

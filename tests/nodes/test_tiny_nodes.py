@@ -151,6 +151,22 @@ def test_the_pack_refuses_the_other_models_latents_and_text(tiny, N, run_node, s
     assert progress_events == []
 
 
+def test_a_wan_vae_on_the_tiny_models_video_is_refused_before_sampling(tiny, N, run_node, progress_events):
+    """AR Video Sampler's streamed decode with a Wan2.1 VAE on the tiny model's 12-channel latents:
+    refused by name before any pass (was a raw conv error after the first chunk)."""
+    import comfy.sd
+
+    model, text = tiny
+    c = run_node(N["DFTinyTextEncode"], text_encoder=text, prompt=DEFAULT_PROMPT).args[0]
+    lat = run_node(N["DFTinyEmptyLatent"], frames=6, size=32, batch_size=1).args[0]
+    with pytest.raises(ValueError) as e:
+        run_node(N["ARVideoSampler"], model=model, positive=c, latent=lat, vae=comfy.sd.VAE(), **sampler_inputs())
+    assert str(e.value).startswith("AR Video Sampler: the 'vae' input decodes 16-channel Wan2.1 latents but this "
+                                   "video's latents have 12 channels (the small model's: leave 'vae' unconnected "
+                                   "and decode them with Tiny Decode)"), str(e.value)
+    assert progress_events == []
+
+
 # ------------------------------------------------------------------------------------ the workflow
 class TinyStandIns(CoreStandIns):
     """The stand-ins of test_workflow_graphs plus the image nodes this workflow uses."""
