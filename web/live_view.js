@@ -6,7 +6,8 @@
 //   {node, run, state: "complete" | "cancelled", frames}
 // Each "frames" event names a JPEG sprite sheet (count frames stacked top to bottom) fetched
 // through /view. A new run id restarts the player; "cancelled" stops it on the frame it shows;
-// "complete" lets it play to the end, then loop. Only the last MAX_KEPT_FRAMES frames are kept.
+// "complete" lets it play to the end, then loop; ComfyUI's execution_interrupted / execution_error
+// stop a player still waiting for frames. Only the last MAX_KEPT_FRAMES frames are kept.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -259,5 +260,11 @@ app.registerExtension({
         console.warn("[dummy_forcing] live view event ignored", err);
       }
     });
+    // a run that ends without its own "cancelled" event (an error before the video's end): stop too
+    for (const name of ["execution_interrupted", "execution_error"]) {
+      api.addEventListener(name, () => {
+        for (const player of players.values()) player.end("cancelled");
+      });
+    }
   },
 });

@@ -318,6 +318,8 @@ send({ node: "7", run: "B", state: "cancelled", frames: 3 }); advance(1000); tak
 out.widgets = nodeA.widgets.map((w) => [w.name, w.serialize ?? null, w.options?.serialize ?? null]);
 out.cleared = cleared;
 out.size = nodeA.size;
+frames("7", "I", 0, 4); loadAll(); advance(200);
+api.dispatchEvent(new CustomEvent("execution_interrupted", { detail: {} })); advance(1000); take("interrupted");
 frames("7", "C", 0, 2); loadAll(false); frames("7", "C", 2, 2); loadAll(); advance(1000); take("failed_sheet");
 frames("7", "D", 0, 2); loadAll(); advance(100);
 app.graph.m.delete("7");  // the node removed while its video plays
@@ -373,6 +375,7 @@ def test_web_player(tmp_path):
     assert out["cancelled"]["label"].startswith("stopped: frame 2 / 3")
     assert [w for w in out["widgets"] if w[0] == "df_live_view"] == [["df_live_view", False, False]]  # one, unsaved
     assert out["size"][1] > 200  # grown to show the video
+    assert frames_of("interrupted") == [0, 1] and "cancelled" in out["interrupted"]["label"]
     assert frames_of("failed_sheet") == [2, 3]
     assert frames_of("node_removed") == [0] and out["rafs_after_removal"] == 0
     assert out["removed_node_fetched"] == 0 and out["other_type_widget"] is False and out["missing_node_fetched"] == 0
