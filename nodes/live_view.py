@@ -48,7 +48,7 @@ class LiveView:
         self.frame_rate = float(frame_rate)
         self.max_side = max(16, int(max_side))
         self.run_id = uuid.uuid4().hex[:12]
-        self.frames = 0  # frames shown so far
+        self.frames = 0  # frames sent so far (first index after the last sheet)
         self._server = getattr(PromptServer, "instance", None) if self.node_id else None
         self._sid = getattr(self._server, "client_id", None)
         self._failed = False
