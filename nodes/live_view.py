@@ -14,7 +14,7 @@ per LiveView, i.e. per video):
 
 Without a PromptServer (tests, scripts) or without a node id it does nothing. A preview that
 cannot be saved or sent never breaks the generation: it is logged once and the view stops.
-``write`` may run on PixelStream's decode thread: ``send_sync`` is thread-safe.
+``write`` may run on a PixelStream worker thread: ``send_sync`` is thread-safe.
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ class LiveView:
 def _preview_frames(video: torch.Tensor, max_side: int) -> np.ndarray:
     """[T, H, W, 3] float 0..1 -> [T, h, w, 3] uint8, longer side <= max_side (never enlarged).
 
-    Scaled in torch before the float -> uint8 pass (it runs on the decode thread: ~3x less CPU
+    Scaled in torch before the float -> uint8 pass (it runs beside the generation: ~3x less CPU
     than converting the full frames and resizing them with PIL): a box filter for the integer
     part of the factor, then bilinear for the rest (< 2x), so large factors do not alias."""
     t, h, w = video.shape[:3]
