@@ -25,7 +25,7 @@ import comfy.supported_models
 from dummy_forcing_core.tiny.codec import CODEC
 from dummy_forcing_core.tiny.model import TinyFile
 
-__all__ = ["TinyLatent", "unet_config", "comfy_model", "is_tiny"]
+__all__ = ["TinyLatent", "unet_config", "comfy_model"]
 
 TRAINED_SHIFT = 5.0  # the fallback when a model file does not say its own
 
@@ -76,7 +76,3 @@ def comfy_model(f: TinyFile):
     return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
                                             offload_device=mm.unet_offload_device())
 
-
-def is_tiny(model) -> bool:
-    """Whether a MODEL is the tiny model (its latents are the pixel codec's)."""
-    return isinstance(getattr(getattr(model, "model", None), "latent_format", None), TinyLatent)

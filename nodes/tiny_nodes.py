@@ -64,6 +64,8 @@ class TinyModelLoader(io.ComfyNode):
             except FileNotFoundError:
                 raise SettingError("input", "model", f"the shipped model file {DEFAULT_PATH} is missing; reinstall "
                                    "the pack (a git clone includes it)") from None
+            except (OSError, ValueError) as e:  # not a safetensors file, or not the tiny model's format
+                raise SettingError("input", "model", f"{e}; reinstall the pack to restore the shipped file") from e
             model = comfy_model(f)
             text = f.text_encoder()
             text.max_objects = int(f.config.get("data", {}).get("max_objects", MAX_OBJECTS))

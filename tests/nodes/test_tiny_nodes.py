@@ -73,6 +73,20 @@ def test_loader_makes_a_causal_wan_model_of_the_files_weights(tiny):
     assert text.encode(["a red circle"]).shape == (1, 32, 64)
 
 
+def test_loader_names_a_missing_or_foreign_model_file(N, run_node, monkeypatch, tmp_path):
+    from safetensors.torch import save_file
+
+    nodes = pack_module("tiny_nodes")
+    monkeypatch.setattr(nodes, "DEFAULT_PATH", str(tmp_path / "gone.safetensors"))
+    with pytest.raises(ValueError, match=r"^Load Tiny Model: the shipped model file .*gone.safetensors is missing; "
+                                         r"reinstall the pack"):
+        run_node(N["DFTinyModelLoader"])
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"), metadata={"format": "pt"})
+    monkeypatch.setattr(nodes, "DEFAULT_PATH", str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match=r"^Load Tiny Model: .*other.safetensors is not a tiny Dummy Forcing model"):
+        run_node(N["DFTinyModelLoader"])
+
+
 def test_previews_are_the_frames(tiny):
     """The latent format's RGB factors are the codec's: a sampler's preview of a latent is its last
     frame with each 2x2 block averaged."""
