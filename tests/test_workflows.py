@@ -315,7 +315,11 @@ def test_workflows_use_the_settings_they_advertise(specs):
     t2v = api("text_to_video_dummy_forcing.json")
     kinds = sorted(p["class_type"] for p in t2v.values())
     assert {"UNETLoader", "CLIPLoader", "CLIPTextEncode", "EmptyHunyuanLatentVideo", "ApplyDummyForcing",
-            "ARVideoSampler", "VAELoader", "VAEDecode", "CreateVideo", "SaveVideo", "CacheStats"} == set(kinds)
+            "ARVideoSampler", "VAELoader", "CreateVideo", "SaveVideo", "CacheStats"} == set(kinds)
+    s = next(p for p in t2v.values() if p["class_type"] == "ARVideoSampler")["inputs"]
+    assert t2v[s["vae"][0]]["inputs"]["vae_name"] == "wan_2.1_vae.safetensors"  # pixels decoded while sampling
+    video = next(p for p in t2v.values() if p["class_type"] == "CreateVideo")["inputs"]
+    assert t2v[video["images"][0]]["class_type"] == "ARVideoSampler" and video["images"][1] == 2
     unet = next(p for p in t2v.values() if p["class_type"] == "UNETLoader")["inputs"]
     assert unet["unet_name"] == "self_forcing_dmd_bf16.safetensors"
     clip = next(p for p in t2v.values() if p["class_type"] == "CLIPLoader")["inputs"]
@@ -329,6 +333,8 @@ def test_workflows_use_the_settings_they_advertise(specs):
     a = next(p for p in long.values() if p["class_type"] == "ApplyDummyForcing")["inputs"]
     assert a["long_context_frames"] > s["window_frames"] and a["ar_start"] == 2
     assert next(p for p in long.values() if p["class_type"] == "EmptyHunyuanLatentVideo")["inputs"]["length"] == 241
+    assert long[s["vae"][0]]["inputs"]["vae_name"] == "lighttaew2_1.safetensors"
+    assert s["save_video"] == "mp4" and s["return_frames"] is False  # written while made, flat memory
 
     pr = api("profile_and_reuse.json")
     prof = next(p for p in pr.values() if p["class_type"] == "ProfileHeads")["inputs"]

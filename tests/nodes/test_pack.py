@@ -14,8 +14,8 @@ from helpers import ROOT
 from node_helpers import PACK_MODULE, load_pack, pack_nodes
 
 NODE_IDS = ["ARVideoSampler", "ApplyDummyForcing", "ARCachePolicy", "ARPromptStart", "ProfileHeads", "LoadHeadProfile",
-            "CacheStats", "DFTinyModelLoader", "DFTinyTextEncode", "DFTinyEmptyLatent", "DFTinyDecode"]
-DISPLAY = {"ARVideoSampler": "AR Video Sampler", "ApplyDummyForcing": "Apply Dummy Forcing",
+            "CacheStats", "DFTinyModelLoader", "DFTinyTextEncode", "DFTinyEmptyLatent", "DFTinyDecode", "ARVideoDecode"]
+DISPLAY = {"ARVideoSampler": "AR Video Sampler", "ARVideoDecode": "AR Video Decode", "ApplyDummyForcing": "Apply Dummy Forcing",
            "ARCachePolicy": "AR Cache Policy", "ARPromptStart": "AR Prompt Start", "ProfileHeads": "Profile Heads",
            "LoadHeadProfile": "Load Head Profile", "CacheStats": "Cache Stats", "DFTinyModelLoader": "Load Tiny Model",
            "DFTinyTextEncode": "Tiny Text Encode", "DFTinyEmptyLatent": "Tiny Empty Latent",
@@ -62,7 +62,10 @@ def test_core_imports_without_comfyui():
 EXPECTED_INPUTS = {
     "ARVideoSampler": ["model", "positive", "latent", "sigmas", "noise", "seed", "denoise_timesteps", "steps", "shift",
                        "frames_per_chunk", "cache", "sink_frames", "window_frames", "context_timestep",
-                       "start_frames", "noise_layout", "recache_on_switch"],
+                       "start_frames", "noise_layout", "recache_on_switch", "vae", "return_frames", "save_video",
+                       "filename_prefix", "frame_rate", "live_preview"],
+    "ARVideoDecode": ["samples", "vae", "chunk_frames", "return_frames", "save_video", "filename_prefix", "frame_rate",
+                      "live_preview"],
     "ApplyDummyForcing": ["model", "head_profile", "dummy_heads", "dummy_head_count", "scope", "normalised_cost",
                           "ar_start", "neighbor_chunks", "sink_frames", "context_packing", "profile_sample_fraction",
                           "profile_seed", "long_context_frames", "reprofile_on_prompt_switch"],
@@ -77,7 +80,7 @@ EXPECTED_INPUTS = {
     "DFTinyEmptyLatent": ["frames", "size", "batch_size"], "DFTinyDecode": ["latent", "scale"],
 }
 EXPECTED_OUTPUTS = {
-    "ARVideoSampler": ["LATENT", "DF_STATS"], "ApplyDummyForcing": ["MODEL"], "ARCachePolicy": ["MODEL"],
+    "ARVideoSampler": ["LATENT", "DF_STATS", "IMAGE"], "ARVideoDecode": ["IMAGE"], "ApplyDummyForcing": ["MODEL"], "ARCachePolicy": ["MODEL"],
     "ARPromptStart": ["CONDITIONING"],
     "ProfileHeads": ["HEAD_PROFILE", "IMAGE"], "LoadHeadProfile": ["HEAD_PROFILE"], "CacheStats": ["STRING", "IMAGE"],
     "DFTinyModelLoader": ["MODEL", "DF_TINY_TEXT"], "DFTinyTextEncode": ["CONDITIONING"],

@@ -48,7 +48,7 @@ def test_sampler_frames_equal_vae_decode_of_its_latent(run_node, N, model, vae, 
     assert torch.equal(latent["samples"], plain[0]["samples"])  # decoding changes nothing upstream
     assert plain[2] is None
     ref = vae_decode(vae, latent)
-    assert images.shape == ref.shape and images.shape[0] == 1 + 4 * 6  # the stub VAE keeps H, W
+    assert images.shape == ref.shape == (1 + 4 * 6, 32, 32, 3)
     torch.testing.assert_close(images, ref, rtol=0, atol=1e-6)
     assert files_in(output_dir) == []
 

@@ -32,12 +32,21 @@ def _workflow_tools():
     return mod
 
 
-class _VAE:
-    """Stands in for a Wan VAE's encode: 8x8 pixel blocks -> 16 channels, one latent frame."""
+def _VAE():
+    """The stub's Wan2.1 VAE (comfy.sd.VAE: a small causal decoder, 4x frames, the VAE the pack's
+    streamed decode reads) with an encode for ARVideoI2V: 8x8 pixel blocks -> 16 channels, one frame."""
+    import comfy.sd
 
-    def encode(self, pixels):
-        x = pixels.movedim(-1, 1)
-        return (torch.nn.functional.avg_pool2d(x, 8).repeat(1, 6, 1, 1)[:, :16] * 2 - 1)[:, :, None]
+    class VAE(comfy.sd.VAE):
+        def encode(self, pixels):
+            return _encode(pixels)
+
+    return VAE()
+
+
+def _encode(pixels):
+    x = pixels.movedim(-1, 1)
+    return (torch.nn.functional.avg_pool2d(x, 8).repeat(1, 6, 1, 1)[:, :16] * 2 - 1)[:, :, None]
 
 
 class CoreStandIns:
@@ -100,6 +109,10 @@ class CoreStandIns:
         img = img.repeat_interleave(4, 0)[-frames:].repeat_interleave(8, 1).repeat_interleave(8, 2)
         return (img.contiguous(),)
 
+    def PreviewImage(self, images):
+        self.previewed = images
+        return ()
+
     def CreateVideo(self, images, fps, audio=None):
         return ({"images": images, "fps": fps},)
 
@@ -153,8 +166,9 @@ def test_text_to_video_workflow_end_to_end(env, run_node):
     prompt = tools.to_api(load(tools, "text_to_video_dummy_forcing.json"), specs)
     results, uis, order = execute(prompt, ours, core, run_node)
     assert order.index("ApplyDummyForcing") < order.index("ARVideoSampler") < order.index("CacheStats")
-    (latent, stats), = of_type(prompt, results, "ARVideoSampler")
+    (latent, stats, images), = of_type(prompt, results, "ARVideoSampler")
     assert latent["samples"].shape == (1, 16, 21, 4, 4)
+    torch.testing.assert_close(images, core.VAELoader("wan")[0].decode(latent["samples"])[0])  # = VAE Decode
     assert isinstance(stats, GenerationStats) and stats.dummy_forcing["head_profile"] == "online"
     assert stats.switch_chunk == 2 and stats.chunk_frames == 3 and len(stats.chunk_seconds) == 7
     assert core.saved_videos == [("video/dummy_forcing", (81, 32, 32, 3), 16)]
@@ -164,16 +178,22 @@ def test_text_to_video_workflow_end_to_end(env, run_node):
     assert ui["text"] == (text,) and ui["images"]
 
 
-def test_long_video_workflow_end_to_end(env, run_node):
+def test_long_video_workflow_end_to_end(env, run_node, comfy_dirs):
     tools, specs, ours, core = env
     prompt = tools.to_api(load(tools, "long_video_sink_window.json"), specs)
     results, _, _ = execute(prompt, ours, core, run_node)
-    (latent, stats), = of_type(prompt, results, "ARVideoSampler")
+    (latent, stats, last), = of_type(prompt, results, "ARVideoSampler")
     assert latent["samples"].shape[2] == 61 and len(stats.chunk_seconds) == 21
     assert stats.policy == "sink 3 + window 12"
     assert stats.dummy_forcing["long_context_frames"] == 36 and stats.switch_chunk == 3
     assert stats.kv_bytes < stats.kv_full_bytes
-    assert core.saved_videos[0][1][0] == 241
+    assert last.shape == (1, 32, 32, 3) and core.previewed is last  # IMAGE off: only the last frame
+    videos = [os.path.join(d, f) for d, _, fs in os.walk(comfy_dirs.output) for f in fs]
+    assert [os.path.relpath(v, comfy_dirs.output) for v in videos] == [os.path.join("video",
+                                                                                   "dummy_forcing_long_00001_.mp4")]
+    av = pytest.importorskip("av")
+    with av.open(videos[0]) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 241  # written while it was made
 
 
 def test_profile_and_reuse_workflow_first_and_later_runs(env, run_node, comfy_dirs):
@@ -186,7 +206,7 @@ def test_profile_and_reuse_workflow_first_and_later_runs(env, run_node, comfy_di
     assert isinstance(profile, HeadProfile) and profile.settings["prompts"] == 3
     saved = os.path.join(comfy_dirs.output, "dummy_forcing", "profiles", "self_forcing_480p.safetensors")
     assert os.path.isfile(saved)
-    (latent, stats), = of_type(prompt, results, "ARVideoSampler")
+    (latent, stats, _), = of_type(prompt, results, "ARVideoSampler")
     assert stats.dummy_forcing["head_profile"] == "given" and stats.profile_seconds == 0.0
     assert len(core.saved_videos) == 1
 
@@ -197,8 +217,8 @@ def test_profile_and_reuse_workflow_first_and_later_runs(env, run_node, comfy_di
     (loaded,), = of_type(prompt, results, "LoadHeadProfile")
     assert torch.equal(loaded.scores, HeadProfile.load(saved).scores)
     runs = of_type(prompt, results, "ARVideoSampler")
-    assert len(runs) == 2 and all(st.dummy_forcing["head_profile"] == "given" for _, st in runs)
-    assert sorted(st.dummy_forcing["dummy_heads"] for _, st in runs) == [0.4, 0.5]
+    assert len(runs) == 2 and all(st.dummy_forcing["head_profile"] == "given" for _, st, _ in runs)
+    assert sorted(st.dummy_forcing["dummy_heads"] for _, st, _ in runs) == [0.4, 0.5]
     assert len(core.saved_videos) == 3
     assert len(core.models) == 1  # one loaded model shared by every branch
 
@@ -222,7 +242,7 @@ def test_prompt_switch_workflow_end_to_end(env, run_node):
     tools, specs, ours, core = env
     prompt = tools.to_api(load(tools, "long_video_prompt_switch.json"), specs)
     results, _, _ = execute(prompt, ours, core, run_node)
-    (latent, stats), = of_type(prompt, results, "ARVideoSampler")
+    (latent, stats, _), = of_type(prompt, results, "ARVideoSampler")
     assert latent["samples"].shape[2] == 61
     # 5 s and 10 s = latent frames 20 and 40: used from the chunks of 3 holding them (6 and 13)
     assert [(s["chunk"], s["frame"]) for s in stats.prompt_switches] == [(6, 18), (13, 39)]

@@ -3,7 +3,8 @@ for these tests, with the real one's calling convention: ``WanVAE.conv2`` (per-f
 ``decoder(x, feat_cache=list, feat_idx=[0])`` keeping each causal conv's last CACHE_T input
 frames in ``feat_cache`` (no join with older frames: the caller must feed 2 frames per call
 after the first, as ``decode`` does), a 4x temporal upsample after the first call, a list of
-output chunks, and ``count_cache_layers``. Latent T frames -> 1 + 4 (T - 1) frames."""
+output chunks, and ``count_cache_layers``. Latent [B, 16, T, h, w] -> [B, 3, 1 + 4 (T - 1), 8h, 8w]
+(the 8x spatial upsample is per frame, nearest)."""
 from __future__ import annotations
 
 import torch
@@ -42,6 +43,7 @@ class Decoder3d(nn.Module):
             x = self.time_up(x).view(b, 4, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 4 * t, h, w)
         cache_x = x[:, :, -CACHE_T:]
         x = self.head(x, feat_cache[i + 2])
+        x = F.interpolate(x, scale_factor=(1, 8, 8), mode="nearest")
         feat_cache[i + 2] = cache_x
         feat_idx[0] = i + 3
         return [x[:, :, k:k + 2] for k in range(0, x.shape[2], 2)]
