@@ -4,7 +4,7 @@
 import { app } from "../../scripts/app.js";
 import { ComfyWidgets } from "../../scripts/widgets.js";
 
-const NODES = new Set(["CacheStats", "ProfileHeads"]);
+const NODES = new Set(["CacheStats", "ProfileHeads", "DFTinyTextEncode"]);
 const WIDGET_NAME = "df_report";
 const FONT_PX = 11;
 const LINE_PX = 14;

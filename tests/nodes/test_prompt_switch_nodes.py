@@ -65,7 +65,7 @@ def test_prompt_schedule_errors_name_the_input(run_node, N, model):
 def test_reprofile_widget_reaches_the_policy(run_node, N, model):
     df = run_node(N["ApplyDummyForcing"], model=model, reprofile_on_prompt_switch=True, profile_sample_fraction=1.0)[0]
     positive = cond(1) + tag(run_node, N, cond(2), 4)
-    _, stats = run_node(N["ARVideoSampler"], model=df, positive=positive, latent=video_latent(frames=6),
+    _, stats, _ = run_node(N["ARVideoSampler"], model=df, positive=positive, latent=video_latent(frames=6),
                         frames_per_chunk=1).args
     assert stats.prompt_switches[0]["reprofiled"]
     with pytest.raises(ValueError, match=r"^Apply Dummy Forcing: 'reprofile_on_prompt_switch' .* 'recache_on_switch'"):

@@ -46,7 +46,9 @@ def randomised(module, scale=1.0):
     return sd
 
 
-vaes = {"wan": randomised(wan_vae.WanVAE(dim=16, z_dim=16, temperal_downsample=[False, True, True]))}
+# ComfyUI 0.2x reads the VAE's width from its weights; 0.3.x builds the Wan2.1 VAE at its real width, 96
+dim = 16 if hasattr(wan_vae, "count_cache_layers") else 96
+vaes = {"wan": randomised(wan_vae.WanVAE(dim=dim, z_dim=16, temperal_downsample=[False, True, True]))}
 save_file(vaes["wan"], os.path.join(WORK, "tiny_wan21_vae.safetensors"))
 try:
     import comfy.taesd.taehv as taehv
