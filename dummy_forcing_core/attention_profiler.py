@@ -13,7 +13,9 @@ Per head it takes a random sample of the query rows, computes their full softmax
 ``Lk`` keys (scale ``1/sqrt(D)``, float32, or float64 for float64 inputs) and sums the
 probability that falls on
 
-* **sink**: cached frames with absolute index ``< sink_frames``;
+* **sink**: cached frames with absolute index ``< sink_frames`` (or, with ``sink_positions``
+  > 0, the first ``sink_positions`` cached frames in storage order: the authors' LongLive
+  setting profiles the first chunk of the cached context as "sink" while sink heads keep one frame);
 * **neighbor**: the other cached frames (recent history);
 * **current**: the chunk's own keys.
 
@@ -54,6 +56,8 @@ class AttentionProfiler:
     Args:
         num_layers, num_heads: the model's geometry.
         sink_frames: cached frames with absolute index below this count as sink frames.
+        sink_positions: > 0: the first this many cached frames (storage order) are the sink
+            region instead, whatever their index.
         sample_fraction: fraction of the chunk's query rows sampled per call (at least 1 row);
             1.0 takes every row.
         seed: sampling seed. Each layer has its own generator seeded from ``seed`` and the
@@ -69,11 +73,12 @@ class AttentionProfiler:
     """
 
     def __init__(self, num_layers: int, num_heads: int, sink_frames: int, sample_fraction: float = 0.25,
-                 seed: int = 0, query_slice: int = 1024, max_slice_elements: int | None = 1 << 27):
+                 seed: int = 0, query_slice: int = 1024, max_slice_elements: int | None = 1 << 27,
+                 sink_positions: int = 0):
         if num_layers < 1 or num_heads < 1:
             raise ValueError(f"profiler needs >= 1 layer and head, got {num_layers} layers x {num_heads} heads")
-        if sink_frames < 0:
-            raise ValueError(f"sink_frames must be >= 0, got {sink_frames}")
+        if sink_frames < 0 or sink_positions < 0:
+            raise ValueError(f"sink_frames and sink_positions must be >= 0, got {sink_frames}, {sink_positions}")
         if not (0.0 < float(sample_fraction) <= 1.0):
             raise ValueError(f"sample_fraction must be in (0, 1], got {sample_fraction}")
         if query_slice < 1:
@@ -83,6 +88,7 @@ class AttentionProfiler:
         self.num_layers = int(num_layers)
         self.num_heads = int(num_heads)
         self.sink_frames = int(sink_frames)
+        self.sink_positions = int(sink_positions)
         self.sample_fraction = float(sample_fraction)
         self.seed = int(seed)
         self.query_slice = int(query_slice)
@@ -196,8 +202,11 @@ class AttentionProfiler:
         cached = self._values_cache
         if cached is not None and cached[0] == key:
             return cached[1]
-        fid = torch.tensor(frame_ids, dtype=torch.long).to(device).repeat_interleave(tpf)
-        region = torch.cat([torch.where(fid < self.sink_frames, 0, 1),
+        if self.sink_positions > 0:  # by place in the cached context, not by frame index
+            fid, bound = torch.arange(len(frame_ids), device=device).repeat_interleave(tpf), self.sink_positions
+        else:
+            fid, bound = torch.tensor(frame_ids, dtype=torch.long).to(device).repeat_interleave(tpf), self.sink_frames
+        region = torch.cat([torch.where(fid < bound, 0, 1),
                             torch.full((num_queries,), 2, dtype=torch.long, device=device)])
         values = torch.nn.functional.one_hot(region, vdim).to(dtype).expand(*batch_heads, -1, -1).contiguous()
         self._values_cache = (key, values)
@@ -222,5 +231,6 @@ class AttentionProfiler:
 
     def __repr__(self):
         return (f"AttentionProfiler({self.num_layers}x{self.num_heads}, sink_frames={self.sink_frames}, "
+                f"sink_positions={self.sink_positions}, "
                 f"sample_fraction={self.sample_fraction}, seed={self.seed}, calls={self.calls}, "
                 f"elapsed_s={self.elapsed_s:.3f})")

@@ -9,13 +9,20 @@ one table of it):
 | type     | attends to                           | keeps                                        |
 | sink     | first ``sink_frames`` + chunk        | the sink frames                              |
 | neighbor | last ``neighbor_chunks`` chunks      | a rolling window of L chunks (or             |
-|          | + chunk                              | ``long_context_frames`` frames)              |
+|          | + chunk                              | ``long_context_frames`` frames); with        |
+|          |                                      | ``neighbor_skips_sink`` never the sink frames|
 | dummy    | packing on: the *dummy window* (last | those frames; packing off: nothing           |
 |          | ``sink_frames`` frames) + chunk      |                                              |
 
 With packing, sink and dummy heads hold the same number of frames and share one attention
 call (one head group, two row segments); neighbor heads are the second call. With
 ``sink_frames`` = 1 (the paper's setting) a dummy head sees the most recent frame.
+
+The defaults are the authors' method (csguoh/DummyForcing): normalised cost, global choice,
+neighbor windows without the sink frames. :data:`PRESETS` hold their settings per model
+family (:meth:`DummyForcingConfig.with_preset`); LongLive's also sets the authors' cache
+before ``ar_start`` (``warmup_cache``: sink frames + the last L chunks) and their profiled
+sink region (``profile_sink_frames`` = 3: the first chunk of the cached context).
 
 Setting names are Apply Dummy Forcing's widget names; errors are
 :class:`~dummy_forcing_core.errors.SettingError` s of owner ``"dummy_forcing"``.
@@ -37,9 +44,24 @@ from .head_profile import HeadProfile
 from .head_program import HeadType, program_heads, resolve_dummy_count
 from .kv_cache import GroupSpec, Retention
 
-__all__ = ["DummyForcingConfig", "DummyForcingPolicy", "layer_group_specs"]
+__all__ = ["DummyForcingConfig", "DummyForcingPolicy", "layer_group_specs", "PRESETS", "CUSTOM", "WARMUP_CACHES"]
 
 OWNER = "dummy_forcing"
+WARMUP_CACHES = ("base", "sink + L chunks")
+CUSTOM = "custom"
+_AUTHORS = dict(dummy_heads=0.5, dummy_head_count=0, scope="global", normalised_cost=True, neighbor_chunks=1,
+                sink_frames=1, context_packing=True, neighbor_skips_sink=True, warmup_cache="sink + L chunks")
+# The settings each preset sets (the others stay as given). From the authors' configs
+# (configs/self_forcing_*.yaml, causal_forcing_*.yaml, longlive_*.yaml: ar_start, local_context_length
+# = L, num_dummy = 180 of 360 heads) and code (dummyforcing.py, causal_model.py). CausVid and Krea
+# Realtime 14B were not published by them: our choice, Self Forcing's settings (Krea: the same half
+# of its 40 x 40 heads).
+PRESETS: dict[str, dict] = {
+    CUSTOM: {},
+    "Self Forcing / Causal Forcing / CausVid": dict(_AUTHORS, ar_start=1, profile_sink_frames=0),
+    "LongLive": dict(_AUTHORS, ar_start=2, profile_sink_frames=3),
+    "Krea Realtime 14B": dict(_AUTHORS, ar_start=1, profile_sink_frames=0),
+}
 
 
 def _err(name: str, message: str) -> SettingError:
@@ -53,13 +75,20 @@ class DummyForcingConfig:
     dummy_heads: fraction of all heads made dummy (used when dummy_head_count is 0).
     dummy_head_count: exact number of dummy heads (0: use the fraction).
     scope: pick dummy heads over all layers ("global", the authors') or "per_layer".
-    normalised_cost: the authors' normalised cost (a_sink, a_neighbor divided by their sums).
+    normalised_cost: the authors' cost (default): a_sink, a_neighbor divided by their sums over
+    all heads before the max; off: the raw max.
     ar_start: the generated chunk whose cache pass is profiled; per-head caching from the next.
     neighbor_chunks: L, chunks a neighbor head keeps. sink_frames: frames a sink head keeps
     (and, with packing, the length of the dummy window).
     context_packing: dummy heads see the dummy window and share the sink heads' call.
     profile_sample_fraction / profile_seed: query rows sampled when profiling online.
     long_context_frames: > 0 gives neighbor heads this many frames instead of L chunks.
+    neighbor_skips_sink: neighbor windows never hold the first sink_frames frames (the authors':
+    only sink heads keep them); off: a window holds frame 0 while it falls inside it.
+    warmup_cache: the cache until ar_start: "base" (the sampler's / AR Cache Policy's) or
+    "sink + L chunks" (the authors': the first sink_frames frames + the neighbor window).
+    profile_sink_frames: 0: the profiled sink region is the frames a sink head keeps (index <
+    sink_frames); > 0: the first this many frames of the cached context (authors' LongLive: 3).
     head_profile: a HeadProfile used instead of profiling online.
     reprofile_on_prompt_switch: after a prompt switch (with re-cache), profile the first chunk
     again over the re-cached frames and re-program the heads; off: keep the first head types."""
@@ -67,7 +96,7 @@ class DummyForcingConfig:
     dummy_heads: float = 0.5
     dummy_head_count: int = 0
     scope: str = "global"
-    normalised_cost: bool = False
+    normalised_cost: bool = True
     ar_start: int = 1
     neighbor_chunks: int = 1
     sink_frames: int = 1
@@ -77,6 +106,15 @@ class DummyForcingConfig:
     long_context_frames: int = 0
     head_profile: HeadProfile | None = None
     reprofile_on_prompt_switch: bool = False
+    neighbor_skips_sink: bool = True
+    warmup_cache: str = "base"
+    profile_sink_frames: int = 0
+
+    def with_preset(self, preset: str) -> "DummyForcingConfig":
+        """This config with the settings ``preset`` (a :data:`PRESETS` name) defines."""
+        if preset not in PRESETS:
+            raise _err("preset", f"'preset' must be one of {', '.join(PRESETS)}, got {preset!r}")
+        return dataclasses.replace(self, **PRESETS[preset])
 
     # -- the rules ------------------------------------------------------------------------------
     def neighbor_frames(self, chunk_frames: int) -> int:
@@ -89,11 +127,18 @@ class DummyForcingConfig:
 
     def head_retentions(self, chunk_frames: int) -> dict[HeadType, Retention]:
         """What each head type keeps once the cache is per-head."""
+        skip = self.sink_frames if self.neighbor_skips_sink else 0
         return {HeadType.SINK: Retention(self.sink_frames, 0),
-                HeadType.NEIGHBOR: Retention(0, self.neighbor_frames(chunk_frames)),
+                HeadType.NEIGHBOR: Retention(0, self.neighbor_frames(chunk_frames), window_from=skip),
                 HeadType.DUMMY: Retention(0, self.dummy_window_frames)}
 
     # -- checks ---------------------------------------------------------------------------------
+    def warmup_retention(self, base: Retention, chunk_frames: int) -> Retention:
+        """The cache every head has until the regroup after ``ar_start``."""
+        if self.warmup_cache == "base":
+            return base
+        return Retention(self.sink_frames, self.neighbor_frames(chunk_frames))
+
     def check_model(self, geometry: ModelGeometry) -> int:
         """Everything that depends on the model only; returns the dummy head count."""
         for name in ("dummy_heads", "profile_sample_fraction"):
@@ -113,6 +158,12 @@ class DummyForcingConfig:
         if not 0.0 < self.profile_sample_fraction <= 1.0:
             raise _err("profile_sample_fraction", f"'profile_sample_fraction' must be in (0, 1], got "
                        f"{self.profile_sample_fraction}")
+        if self.warmup_cache not in WARMUP_CACHES:
+            raise _err("warmup_cache", f"'warmup_cache' must be one of {', '.join(WARMUP_CACHES)}, got "
+                       f"{self.warmup_cache!r}")
+        if self.profile_sink_frames < 0:
+            raise _err("profile_sink_frames", f"'profile_sink_frames' must be >= 0 (0 = sink_frames), got "
+                       f"{self.profile_sink_frames}")
         if self.ar_start < 1:
             raise _err("ar_start", f"'ar_start' must be >= 1 (profiling needs at least one cached chunk), got "
                        f"{self.ar_start}")
@@ -130,6 +181,7 @@ class DummyForcingConfig:
         """Everything that depends on the video as well; returns the dummy head count."""
         n = self.check_model(geometry)
         a, chunk = self.ar_start, plan.chunk_frames
+        base = self.warmup_retention(base, chunk)
         if a > len(plan.chunks) - 2:
             need = a + 2
             frames = plan.start_frames + (need - 1) * chunk + 1
@@ -205,7 +257,8 @@ class DummyForcingPolicy:
 
     def __init__(self, cfg: DummyForcingConfig, geometry: ModelGeometry, plan: ChunkPlan, base: Retention,
                  num_dummy: int):
-        self.cfg, self.geometry, self.plan, self.base, self.num_dummy = cfg, geometry, plan, base, num_dummy
+        self.cfg, self.geometry, self.plan, self.num_dummy = cfg, geometry, plan, num_dummy
+        self.base = cfg.warmup_retention(base, plan.chunk_frames)  # the cache the video is created with
         self.retentions = cfg.head_retentions(plan.chunk_frames)
         self.profiler: AttentionProfiler | None = None
         self.assignment: torch.Tensor | None = None
@@ -231,7 +284,8 @@ class DummyForcingPolicy:
             return None
         g = self.geometry
         self.profiler = AttentionProfiler(g.num_layers, g.num_heads, self.cfg.sink_frames,
-                                          self.cfg.profile_sample_fraction, self.cfg.profile_seed)
+                                          self.cfg.profile_sample_fraction, self.cfg.profile_seed,
+                                          sink_positions=self.cfg.profile_sink_frames)
         return self.profiler
 
     def needs_recache_on_switch(self) -> bool:

@@ -149,7 +149,7 @@ class HeadProfile:
             raise ValueError(f"head profile was made for a model with {_describe(self.fingerprint)} but this model has "
                              f"{_describe(fp)}; profile it again on this model")
 
-    def assign(self, dummy_heads: float = 0.5, scope: str = "global", normalised_cost: bool = False,
+    def assign(self, dummy_heads: float = 0.5, scope: str = "global", normalised_cost: bool = True,
                dummy_head_count: int = 0) -> torch.Tensor:
         """Head types [L, H] with ``dummy_head_count`` dummy heads, or (0) the fraction
         ``dummy_heads`` of all heads, as Apply Dummy Forcing would pick them (e.g. a preview)."""

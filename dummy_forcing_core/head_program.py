@@ -4,7 +4,8 @@ With frame attention scores ``F_h = (a_sink, a_neighbor, a_current)`` per head, 
 keeps ``a_sink + a_current`` as a sink head, ``a_neighbor + a_current`` as a neighbor head
 and ``a_current`` as a dummy head. Maximising the total kept mass with exactly ``N`` dummy
 heads is solved greedily (and optimally): ``cost_h = max(a_sink, a_neighbor)`` is what a
-head loses by becoming dummy; the ``N`` cheapest heads become dummy, every other head a sink
+head loses by becoming dummy (the authors, and our default, first divide ``a_sink`` and
+``a_neighbor`` by their sums over all heads); the ``N`` cheapest heads become dummy, every other head a sink
 head if ``a_sink >= a_neighbor`` else a neighbor head. Ties are broken by the flat head index
 ``layer * H + head`` (lower first), so the result is deterministic.
 
@@ -95,14 +96,14 @@ def _order(costs: list[float], index: list[int]) -> list[int]:
     return sorted(range(len(costs)), key=lambda i: (costs[i], index[i]))
 
 
-def program_heads(scores: torch.Tensor, num_dummy: int, scope: str = "global", normalise: bool = False) -> torch.Tensor:
+def program_heads(scores: torch.Tensor, num_dummy: int, scope: str = "global", normalise: bool = True) -> torch.Tensor:
     """Head types [L, H] (int64, :class:`HeadType` values) from scores [L, H, 3].
 
     scope ``"global"``: the ``num_dummy`` cheapest heads over all layers x heads.
     scope ``"per_layer"``: each layer gets ``num_dummy // L`` dummy heads (its cheapest); the
     ``num_dummy % L`` remaining ones go, one each, to the layers whose next-cheapest head is
-    cheapest. normalise: divide a_sink and a_neighbor by their sums over all heads first
-    (the authors' variant); this also drives the sink/neighbor decision.
+    cheapest. normalise (default, the authors' rule): divide a_sink and a_neighbor by their
+    sums over all heads first; this also drives the sink/neighbor decision. Off: the raw max.
     """
     if scores.ndim != 3 or scores.shape[-1] != 3:
         raise ValueError(f"scores must be [layers, heads, 3] (sink, neighbor, current), got {tuple(scores.shape)}")

@@ -21,8 +21,9 @@ Phases
    the chunk's K/V go into the scratch of every group; attention runs over ``[context | chunk]``.
    Denoising passes do this only: the next pass overwrites the scratch.
 2. ``KVCache.commit`` (after the cache pass): the scratch becomes context. Each segment keeps
-   its first ``sink`` frames forever and its last ``window`` frames; older window frames are
-   dropped by shifting the kept ones left in place (block copies that never overlap).
+   its first ``sink`` frames forever and its last ``window`` frames (none below ``window_from``);
+   older window frames are dropped by shifting the kept ones left in place (block copies that
+   never overlap).
    Nothing is reallocated.
 3. ``KVCache.regroup`` (once, e.g. at Dummy Forcing's ``ar_start``): builds new groups sized
    to what they keep, copying the kept frames from the old groups, and frees the old.
@@ -44,31 +45,37 @@ __all__ = ["Retention", "FULL", "Segment", "GroupSpec", "HeadGroup", "LayerCache
 @dataclass(frozen=True)
 class Retention:
     """What cached heads keep of the past: the video's first ``sink`` frames forever plus
-    its most recent ``window`` frames (``None``: every frame, a full cache)."""
+    its most recent ``window`` frames (``None``: every frame, a full cache), the window never
+    holding a frame below ``window_from`` (Dummy Forcing's neighbor heads leave the sink
+    frames to the sink heads, as the authors' code does)."""
 
     sink: int = 0
     window: int | None = None
+    window_from: int = 0
 
     def __post_init__(self):
-        if self.sink < 0 or (self.window is not None and self.window < 0):
-            raise ValueError(f"sink and window frames must be >= 0, got sink {self.sink}, window {self.window}")
+        if self.sink < 0 or (self.window is not None and self.window < 0) or self.window_from < 0:
+            raise ValueError(f"sink, window and window_from frames must be >= 0, got sink {self.sink}, window "
+                             f"{self.window}, window_from {self.window_from}")
 
     def describe(self) -> str:
-        """Words for a user: 'full', 'sink 3 + window 12', 'last 1 frame', 'nothing'."""
+        """Words for a user: 'full', 'sink 3 + window 12', 'last 1 frame', 'nothing'
+        (+ ' from frame N' when the window skips the first frames)."""
         if self.window is None:
-            return "full"
+            return "full" + (f" from frame {self.window_from}" if self.window_from > self.sink else "")
+        after = f" from frame {self.window_from}" if self.window and self.window_from > self.sink else ""
         if self.sink and self.window:
-            return f"sink {self.sink} + window {self.window}"
+            return f"sink {self.sink} + window {self.window}{after}"
         if self.sink:
             return f"first {self.sink} frame{'s' if self.sink > 1 else ''}"
         if self.window:
-            return f"last {self.window} frame{'s' if self.window > 1 else ''}"
+            return f"last {self.window} frame{'s' if self.window > 1 else ''}{after}"
         return "nothing"
 
     def kept_frame_ids(self, history: int) -> list[int]:
         """Absolute frame indices held after ``history`` frames were committed, in storage order."""
         static = min(self.sink, history)
-        rest = history - static
+        rest = max(0, history - max(static, self.window_from))
         win = rest if self.window is None else min(self.window, rest)
         return list(range(static)) + list(range(history - win, history))
 
@@ -210,7 +217,7 @@ class HeadGroup:
             static_after = min(ret.sink, new_history)
             window_before = self.frames - static_before
             candidates = window_before + c - (static_after - static_before)
-            window_after = candidates if ret.window is None else min(ret.window, candidates)
+            window_after = ret.kept(new_history) - static_after  # the newest candidates (window_from drops the oldest)
             drop = candidates - window_after
             if drop and window_after:
                 for buf in (self.k, self.v):

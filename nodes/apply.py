@@ -6,7 +6,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from dummy_forcing_core.cache_policy import CacheSpec
-from dummy_forcing_core.dummy_forcing import DummyForcingConfig
+from dummy_forcing_core.dummy_forcing import CUSTOM, PRESETS, WARMUP_CACHES, DummyForcingConfig
 from dummy_forcing_core.head_program import SCOPES
 
 from . import comfy_glue as glue
@@ -31,7 +31,8 @@ class ApplyDummyForcing(io.ComfyNode):
                 "chunk) keep next to nothing. Less KV memory and faster attention at nearly the same quality "
                 "(paper: 1.4x at 480p, 2x at 1080p). With a HEAD_PROFILE (Profile Heads / Load Head Profile) the "
                 "online profiling is skipped. Returns a clone of the model; the input model is not changed. In ComfyUI's AR "
-                "loop the pack's per-head cache replaces core's dense full-length one."),
+                "loop the pack's per-head cache replaces core's dense full-length one. The defaults are the authors' "
+                "method (Self Forcing settings); 'preset' sets the authors' settings of a model family."),
             inputs=[
                 io.Model.Input("model", tooltip="A Wan2.1 diffusion model (Load Diffusion Model). A clone carrying the "
                                "Dummy Forcing settings is returned; the input is left as it was."),
@@ -56,10 +57,10 @@ class ApplyDummyForcing(io.ComfyNode):
                     "over all layers, so some layers get many and some none. 'per_layer': the same number in every "
                     "layer (more even, a little less accurate)."),
                 io.Boolean.Input(
-                    "normalised_cost", default=False,
-                    tooltip="Off (default): a head's cost of becoming dummy is max(attention on sink, attention on "
-                    "neighbors). On: the authors' code variant, which first divides sink and neighbor attention by "
-                    "their sums over all heads (favours keeping heads that are special relative to the others)."),
+                    "normalised_cost", default=True,
+                    tooltip="On (default, the authors' rule): a head's cost of becoming dummy is max(sink attention, "
+                    "neighbor attention), each first divided by its sum over all heads (favours keeping heads that "
+                    "are special relative to the others). Off: the raw max (gave no sink heads on the models tried)."),
                 io.Int.Input(
                     "ar_start", default=1, min=1, max=10000,
                     tooltip="The generated chunk whose clean pass is profiled; the per-head cache is used from the "
@@ -99,6 +100,31 @@ class ApplyDummyForcing(io.ComfyNode):
                     "switch again, over the re-cached frames, and re-program the heads for the new prompt. Off "
                     "(default): keep the head types of the first profile (the authors' choice; dummy heads overlap "
                     "~76% across prompts)."),
+                io.Boolean.Input(
+                    "neighbor_skips_sink", default=True, optional=True,
+                    tooltip="On (default, the authors'): a neighbor head's window of the last L chunks never holds "
+                    "the first sink_frames frames (only sink heads keep them). Off: it holds frame 0 while frame 0 "
+                    "lies inside the window (L >= 2 or long_context_frames on short histories)."),
+                io.Combo.Input(
+                    "warmup_cache", options=list(WARMUP_CACHES), default="base", optional=True,
+                    tooltip="The cache of every head until ar_start. 'base' (default): the sampler's / AR Cache "
+                    "Policy's cache widgets. 'sink + L chunks': the authors' (the first sink_frames frames + the "
+                    "neighbor window; the same as a full cache at ar_start 1 with 3-frame chunks, less from "
+                    "ar_start 2 on, as their LongLive runs)."),
+                io.Int.Input(
+                    "profile_sink_frames", default=0, min=0, max=1000, optional=True,
+                    tooltip="The 'sink' region profiled at ar_start. 0 (default): the frames a sink head keeps "
+                    "(sink_frames). N > 0: the first N frames of the cached context, whatever their index (the "
+                    "authors' LongLive: 3, one chunk, while sink heads keep 1 frame)."),
+                io.Combo.Input(
+                    "preset", options=list(PRESETS), default=CUSTOM, optional=True,
+                    tooltip="'custom' (default): the widgets above apply as set. A model family: the authors' "
+                    "settings for it replace dummy_heads (0.5, dummy_head_count 0), scope (global), normalised_cost "
+                    "(on), ar_start (1; LongLive 2), neighbor_chunks (1), sink_frames (1), context_packing (on), "
+                    "neighbor_skips_sink (on), warmup_cache ('sink + L chunks') and profile_sink_frames (0; "
+                    "LongLive 3); the other widgets (profile rows and seed, long_context_frames, head_profile, "
+                    "re-profiling) still apply. CausVid and Krea Realtime 14B were not published by the authors: "
+                    "they get Self Forcing's settings (our choice). To edit a preset's value, pick 'custom'."),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="A clone of the model that AR Video Sampler runs "
                                      "with Dummy Forcing.")],
@@ -107,7 +133,8 @@ class ApplyDummyForcing(io.ComfyNode):
     @classmethod
     def execute(cls, model, dummy_heads, dummy_head_count, scope, normalised_cost, ar_start, neighbor_chunks,
                 sink_frames, context_packing, profile_sample_fraction, profile_seed, long_context_frames,
-                head_profile=None, reprofile_on_prompt_switch=False) -> io.NodeOutput:
+                head_profile=None, reprofile_on_prompt_switch=False, neighbor_skips_sink=True, warmup_cache="base",
+                profile_sink_frames=0, preset=CUSTOM) -> io.NodeOutput:
         with node_errors(NAME):
             geom = glue.wan_geometry(model)
             cfg = DummyForcingConfig(
@@ -116,7 +143,9 @@ class ApplyDummyForcing(io.ComfyNode):
                 sink_frames=int(sink_frames), context_packing=bool(context_packing),
                 profile_sample_fraction=float(profile_sample_fraction), profile_seed=int(profile_seed),
                 long_context_frames=int(long_context_frames), head_profile=head_profile,
-                reprofile_on_prompt_switch=bool(reprofile_on_prompt_switch))
+                reprofile_on_prompt_switch=bool(reprofile_on_prompt_switch),
+                neighbor_skips_sink=bool(neighbor_skips_sink), warmup_cache=warmup_cache,
+                profile_sink_frames=int(profile_sink_frames)).with_preset(preset)
             cfg.check_model(geom)
             spec = (glue.cache_spec_of(model) or CacheSpec()).with_dummy_forcing(cfg)
             return io.NodeOutput(glue.with_cache_spec(model, spec))

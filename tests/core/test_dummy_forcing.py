@@ -30,13 +30,16 @@ def profile_for(model, types):
 
 def visible(cfg, base, chunk_frames, ar_start, head_type, q_chunk, q_start, k_frame):
     """May a query of generated chunk ``q_chunk`` (first frame q_start) see cached frame k_frame?"""
-    if q_chunk <= ar_start or cfg is None:
+    if cfg is None:
         return k_frame in base.kept_frame_ids(q_start)
     S = cfg.sink_frames
+    recent = k_frame >= q_start - cfg.neighbor_frames(chunk_frames)
+    if q_chunk <= ar_start:  # the authors' warm-up cache: the sink frames + the neighbor window
+        return k_frame < S or recent if cfg.warmup_cache == "sink + L chunks" else k_frame in base.kept_frame_ids(q_start)
     if head_type == SINK:
         return k_frame < S
-    if head_type == NEIGH:
-        return k_frame >= q_start - cfg.neighbor_frames(chunk_frames)
+    if head_type == NEIGH:  # the authors' neighbor window never holds the sink frames
+        return recent and (k_frame >= S or not cfg.neighbor_skips_sink)
     return cfg.context_packing and k_frame >= q_start - S
 
 
@@ -113,7 +116,9 @@ def test_zero_dummy_heads_with_matching_windows_equals_baseline(model, ctx):
     window = Retention(0, 3)
     base = generate(ChunkRunner(model), ctx, shape, settings, CacheSpec(window))
     all_neighbor = [[NEIGH] * 4 for _ in range(3)]
-    cfg = DummyForcingConfig(dummy_heads=0.0, neighbor_chunks=1, head_profile=profile_for(model, all_neighbor))
+    # raw cost: normalised, identical planted heads tie and become sink heads
+    cfg = DummyForcingConfig(dummy_heads=0.0, neighbor_chunks=1, normalised_cost=False,
+                             head_profile=profile_for(model, all_neighbor))
     df = generate(ChunkRunner(model), ctx, shape, settings, CacheSpec(window, cfg))
     assert torch.allclose(df.latent, base.latent, rtol=0, atol=1e-12)
     # all sink heads with a sink-only base cache

@@ -51,23 +51,23 @@ def test_greedy_known_answer():
     scores = sc([[(0.5, 0.1), (0.05, 0.02), (0.2, 0.3)],
                  [(0.1, 0.6), (0.01, 0.1), (0.3, 0.3)]])
     # costs: 0.5 0.05 0.3 / 0.6 0.1 0.3 -> cheapest 1, 4, then a tie 2 / 5 (0.3) broken by index
-    assert program_heads(scores, 0).tolist() == [[S, S, N], [N, N, S]]  # tie a_sink == a_neighbor -> sink
-    assert program_heads(scores, 1).tolist() == [[S, D, N], [N, N, S]]
-    assert program_heads(scores, 2).tolist() == [[S, D, N], [N, D, S]]
-    assert program_heads(scores, 3).tolist() == [[S, D, D], [N, D, S]]
-    assert program_heads(scores, 4).tolist() == [[S, D, D], [N, D, D]]
-    assert program_heads(scores, 6).tolist() == [[D] * 3] * 2
-    out = program_heads(scores, 2)
+    assert program_heads(scores, 0, normalise=False).tolist() == [[S, S, N], [N, N, S]]  # tie a_sink == a_neighbor -> sink
+    assert program_heads(scores, 1, normalise=False).tolist() == [[S, D, N], [N, N, S]]
+    assert program_heads(scores, 2, normalise=False).tolist() == [[S, D, N], [N, D, S]]
+    assert program_heads(scores, 3, normalise=False).tolist() == [[S, D, D], [N, D, S]]
+    assert program_heads(scores, 4, normalise=False).tolist() == [[S, D, D], [N, D, D]]
+    assert program_heads(scores, 6, normalise=False).tolist() == [[D] * 3] * 2
+    out = program_heads(scores, 2, normalise=False)
     assert out.dtype == torch.long and out.shape == (2, 3)
 
 
 def test_ties_broken_by_flat_index():
     scores = sc([[(0.2, 0.2)] * 3] * 3)
     for n in range(10):
-        flat = program_heads(scores, n).flatten().tolist()
+        flat = program_heads(scores, n, normalise=False).flatten().tolist()
         assert flat == [D] * n + [S] * (9 - n)
     # per layer: quota 1 each, extra to the lowest-index layers on a tie
-    assert program_heads(scores, 5, "per_layer").tolist() == [[D, D, S], [D, D, S], [D, S, S]]
+    assert program_heads(scores, 5, "per_layer", normalise=False).tolist() == [[D, D, S], [D, D, S], [D, S, S]]
 
 
 def test_greedy_is_optimal_exhaustively():
@@ -80,7 +80,7 @@ def test_greedy_is_optimal_exhaustively():
                 a = torch.where(scores[..., 0] >= scores[..., 1], S, N).flatten()
                 a[list(dummies)] = D
                 best = max(best, kept_mass(scores, a.view(2, 4)))
-            got = program_heads(scores, n)
+            got = program_heads(scores, n, normalise=False)
             assert int((got == D).sum()) == n
             assert kept_mass(scores, got) == pytest.approx(best, abs=1e-12)
 
@@ -89,32 +89,32 @@ def test_per_layer_quota_with_remainder():
     scores = sc([[(0.9, 0.0), (0.02, 0.0), (0.8, 0.0), (0.7, 0.0)],   # next-cheapest after 0.02: 0.7
                  [(0.01, 0.0), (0.03, 0.0), (0.9, 0.0), (0.9, 0.0)],  # next-cheapest: 0.03
                  [(0.0, 0.5), (0.0, 0.04), (0.0, 0.05), (0.0, 0.6)]])  # next-cheapest: 0.05
-    glob = program_heads(scores, 5, "global")
+    glob = program_heads(scores, 5, "global", normalise=False)
     assert glob.tolist() == [[S, D, S, S], [D, D, S, S], [N, D, D, N]]
-    per = program_heads(scores, 5, "per_layer")  # quota 1 + 2 extra -> layers 1 and 2
+    per = program_heads(scores, 5, "per_layer", normalise=False)  # quota 1 + 2 extra -> layers 1 and 2
     assert per.tolist() == [[S, D, S, S], [D, D, S, S], [N, D, D, N]]
-    per4 = program_heads(scores, 4, "per_layer")  # quota 1 + 1 extra -> layer 1 (0.03)
+    per4 = program_heads(scores, 4, "per_layer", normalise=False)  # quota 1 + 1 extra -> layer 1 (0.03)
     assert per4.tolist() == [[S, D, S, S], [D, D, S, S], [N, D, N, N]]
-    glob3 = program_heads(scores, 3, "global")  # the three cheapest are in layers 0, 1, 1
+    glob3 = program_heads(scores, 3, "global", normalise=False)  # the three cheapest are in layers 0, 1, 1
     assert glob3.tolist() == [[S, D, S, S], [D, D, S, S], [N, N, N, N]]
-    per3 = program_heads(scores, 3, "per_layer")  # one per layer
+    per3 = program_heads(scores, 3, "per_layer", normalise=False)  # one per layer
     assert per3.tolist() == [[S, D, S, S], [D, S, S, S], [N, D, N, N]]
     assert [c.dummy for c in type_counts(per3)] == [1, 1, 1]
-    assert (program_heads(scores, 12, "per_layer") == D).all()
-    assert (program_heads(scores, 0, "per_layer") != D).all()
+    assert (program_heads(scores, 12, "per_layer", normalise=False) == D).all()
+    assert (program_heads(scores, 0, "per_layer", normalise=False) != D).all()
 
 
 def test_normalise_changes_the_choice():
     # sink mass is rare in this model: after normalisation head 1's sink share is large
     scores = sc([[(0.02, 0.5), (0.2, 0.05), (0.01, 0.6), (0.02, 0.15)]])
-    assert program_heads(scores, 1).tolist() == [[N, S, N, D]]  # costs 0.5 0.2 0.6 0.15 -> head 3, then 1
-    assert program_heads(scores, 2).tolist() == [[N, D, N, D]]
+    assert program_heads(scores, 1, normalise=False).tolist() == [[N, S, N, D]]  # costs 0.5 0.2 0.6 0.15 -> head 3, then 1
+    assert program_heads(scores, 2, normalise=False).tolist() == [[N, D, N, D]]
     # normalised: sink /0.25 -> .08 .8 .04 .08; neighbor /1.3 -> .385 .038 .462 .115
     # costs .385 .8 .462 .115 -> head 3, then head 0
     assert program_heads(scores, 2, normalise=True).tolist() == [[D, S, N, D]]
     # the sink / neighbor decision also uses the normalised values
     flip = sc([[(0.1, 0.15), (0.0, 0.8), (0.0, 0.5)]])
-    assert program_heads(flip, 0).tolist() == [[N, N, N]]
+    assert program_heads(flip, 0, normalise=False).tolist() == [[N, N, N]]
     assert program_heads(flip, 0, normalise=True).tolist() == [[S, N, N]]
 
 
