@@ -105,6 +105,25 @@ def test_apply_count_scope_and_options(run_node, N, model):
     assert sum(c[2] for c in stats.type_counts()) == 3
 
 
+def test_apply_preset_sets_what_it_defines(run_node, N, model):
+    widgets = dict(dummy_head_count=3, dummy_heads=0.9, scope="per_layer", normalised_cost=False, ar_start=1,
+                   neighbor_chunks=2, sink_frames=2, context_packing=False, profile_sample_fraction=0.5,
+                   profile_seed=9, long_context_frames=0, neighbor_skips_sink=False, profile_sink_frames=1)
+    cfg_of = lambda m: m.model_options["transformer_options"]["dummy_forcing"].dummy_forcing  # noqa: E731
+    custom = cfg_of(apply(run_node, N, model, preset="custom", **widgets))
+    assert custom == DummyForcingConfig(**widgets)  # 'custom': the widgets as set
+    m = apply(run_node, N, model, preset="LongLive", **widgets)
+    cfg = cfg_of(m)
+    assert cfg == DummyForcingConfig(**widgets).with_preset("LongLive")
+    assert (cfg.ar_start, cfg.neighbor_chunks, cfg.sink_frames, cfg.dummy_heads, cfg.dummy_head_count) == (2, 1, 1, 0.5, 0)
+    assert cfg.normalised_cost and cfg.warmup_cache == "sink + L chunks" and cfg.profile_sink_frames == 3
+    assert (cfg.profile_sample_fraction, cfg.profile_seed) == (0.5, 9)  # not a preset's: as set
+    _, stats = sample(run_node, N, m)  # 6 chunks of 1 frame: profiled at chunk 2, per-head from 3
+    assert stats.switch_chunk == 3 and sum(c[2] for c in stats.type_counts()) == 4
+    with pytest.raises(Exception, match="preset"):  # ComfyUI's combo check, or ours
+        apply(run_node, N, model, preset="Wan 2.2")
+
+
 def test_apply_on_a_model_without_transformer_options(run_node, N, model):
     model.model_options = {}
     snap = ModelSnapshot(model)
