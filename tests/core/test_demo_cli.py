@@ -175,6 +175,7 @@ def test_animation_formats_keep_colours_exact(tmp_path, ext):
     assert np.array_equal(pixels, want)  # lossy WebP would blur the object colours the metrics track
 
 
+@pytest.mark.slow
 @needs_model
 def test_cli_runs_with_repeats(tmp_path, capsys):
     out = tmp_path / "new" / "demo.png"
@@ -186,6 +187,7 @@ def test_cli_runs_with_repeats(tmp_path, capsys):
         assert im.n_frames == 7
 
 
+@pytest.mark.slow
 def test_cli_shows_a_prompt_switch(tmp_path, capsys):
     """--switch-prompt: the frames before the switch are the single-prompt video's, later ones differ."""
     out = tmp_path / "switch.gif"

@@ -23,6 +23,7 @@ def test_results_go_to_out_unless_write_docs():
     assert docs["head_map"] == os.path.join(ROOT, "assets", "tiny_model", "head_map.png")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(DEFAULT_PATH), reason="shipped tiny model missing")
 def test_cli_writes_out_with_progress_and_total_time(tmp_path, monkeypatch, capsys):
     shipped = {p: os.path.getmtime(p) for p in ev.output_paths(True).values() if os.path.exists(p)}

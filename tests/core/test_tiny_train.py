@@ -1,6 +1,8 @@
 """Training the tiny model: teacher forcing equals cached chunk inference; a few CPU steps learn."""
 import math
 
+import pytest
+
 import torch
 
 from dummy_forcing_core.kv_cache import Retention
@@ -47,6 +49,7 @@ def test_teacher_forcing_equals_cached_chunk_inference():
             runner.forward(x0[:, :, sl], torch.zeros(B, chunk, dtype=torch.float64), i, text, cache, commit=True)
 
 
+@pytest.mark.slow
 def test_a_few_cpu_steps_learn_a_fixed_batch(tmp_path):
     cfg = load_config(None, SMALL)
     tr = Trainer(cfg, "cpu", attn="sdpa")
