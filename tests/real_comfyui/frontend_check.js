@@ -1,7 +1,11 @@
 #!/usr/bin/env node
 // Manual / optional check (not part of pytest): the example workflows in workflows/ in ComfyUI's
 // real web frontend, driven by a headless Chromium, and the Cache Stats / Profile Heads text
-// widget (web/dummy_forcing.js) after a real run on the harness's tiny Wan checkpoint, and the
+// widget (web/dummy_forcing.js) after a real run on the harness's tiny Wan checkpoint; runs queued
+// from the page: text-to-video (AR Video Sampler decoding through a tiny random Wan2.1 VAE named
+// as in the workflow, IMAGE -> Create Video -> Save Video), long_video_sink_window (a tiny random
+// lighttaew2_1, mp4 written by the sampler, Preview Image; skipped where ComfyUI reads no TAEHV),
+// the image-to-video template (ComfyUI 0.21+), first_try_tiny_model as shipped; and the
 // live view player (web/live_view.js) fed by nodes/live_view.py through a test-only node
 // (live_view_probe.py): frames shown in order with the colours planted, looping once complete,
 // stopped on cancel, no error when the node is removed mid-run (live_view*.png).
@@ -34,7 +38,7 @@ const PACK = "ComfyUI-Dummy-Forcing";
 const OUT = path.resolve(process.argv[2] || "/tmp/df_frontend_check");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const WORKFLOWS = ["text_to_video_dummy_forcing", "long_video_sink_window", "profile_and_reuse",
-                   "causal_forcing_i2v_dummy_forcing", "long_video_prompt_switch"];
+                   "causal_forcing_i2v_dummy_forcing", "long_video_prompt_switch", "first_try_tiny_model"];
 const FRONTEND_ONLY = new Set(["MarkdownNote", "Note"]);
 const NEEDS_CORE = { causal_forcing_i2v_dummy_forcing: ["SamplerARVideo", "ARVideoI2V"] };
 const WIDGET_TYPES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"]);
@@ -50,10 +54,11 @@ const INTENDED = {
     CLIPLoader: { clip_name: "umt5_xxl_fp8_e4m3fn_scaled.safetensors", type: "wan", device: "default" },
     VAELoader: { vae_name: "wan_2.1_vae.safetensors" },
     EmptyHunyuanLatentVideo: { width: 832, height: 480, length: 81, batch_size: 1 },
-    ApplyDummyForcing: { dummy_heads: 0.5, scope: "global", normalised_cost: false, ar_start: 1,
+    ApplyDummyForcing: { dummy_heads: 0.5, scope: "global", normalised_cost: true, ar_start: 1,
                          context_packing: true, long_context_frames: 0 },
     ARVideoSampler: { seed: 42, control_after_generate: "fixed", denoise_timesteps: "1000,750,500,250",
-                      shift: 5, frames_per_chunk: 3, cache: "full" },
+                      shift: 5, frames_per_chunk: 3, cache: "full", return_frames: true, save_video: "off",
+                      frame_rate: 16, live_preview: true },
     CreateVideo: { fps: 16 },
     SaveVideo: { filename_prefix: "video/dummy_forcing", format: "auto", codec: "auto" },
   },
@@ -62,9 +67,11 @@ const INTENDED = {
     CLIPLoader: { type: "wan" },
     EmptyHunyuanLatentVideo: { width: 832, height: 480, length: 241 },
     ApplyDummyForcing: { dummy_heads: 0.5, ar_start: 2, long_context_frames: 36, context_packing: true },
+    VAELoader: { vae_name: "lighttaew2_1.safetensors" },
     ARVideoSampler: { seed: 7, control_after_generate: "fixed", cache: "sink + window", sink_frames: 3,
-                      window_frames: 12, frames_per_chunk: 3 },
-    SaveVideo: { filename_prefix: "video/dummy_forcing_long" },
+                      window_frames: 12, frames_per_chunk: 3, return_frames: false, save_video: "mp4",
+                      filename_prefix: "video/dummy_forcing_long", frame_rate: 16, live_preview: true },
+    PreviewImage: {},
   },
   profile_and_reuse: {
     ProfileHeads: { seed: 0, control_after_generate: "fixed", save_name: "self_forcing_480p",
@@ -89,6 +96,17 @@ const INTENDED = {
     ApplyDummyForcing: { dummy_heads: 0.5, ar_start: 2, reprofile_on_prompt_switch: false },
     ARVideoSampler: { seed: 7, cache: "sink + window", sink_frames: 3, window_frames: 12, frames_per_chunk: 3,
                       noise_layout: "pack", recache_on_switch: true },
+  },
+  // the small model that ships with the pack: full cache vs Dummy Forcing, side by side
+  first_try_tiny_model: {
+    DFTinyModelLoader: {},
+    DFTinyEmptyLatent: { frames: 24 },
+    ApplyDummyForcing: { dummy_heads: 0.5, ar_start: 1 },
+    ARVideoSampler: { seed: 0, control_after_generate: "fixed", cache: "full", frames_per_chunk: 3, save_video: "off" },
+    DFTinyDecode: {},
+    ImageStitch: { direction: "right" },
+    SaveAnimatedWEBP: { filename_prefix: "dummy_forcing_tiny/full_cache_vs_dummy_forcing" },
+    CacheStats: {},
   },
 };
 
@@ -123,34 +141,63 @@ srv = ComfyServer.from_env(extra_packs={"df_test_text_context": text_pack,
 srv.prepare()
 placeholders = {"diffusion_models": ["self_forcing_dmd_bf16.safetensors", "longlive_bf16.safetensors",
                                      "causal_forcing-framewise.safetensors"],
-                "text_encoders": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors"], "vae": ["wan_2.1_vae.safetensors"],
+                "text_encoders": ["umt5_xxl_fp8_e4m3fn_scaled.safetensors"],
+                "vae": ["wan_2.1_vae.safetensors", "lighttaew2_1.safetensors"],
                 "dummy_forcing_profiles": ["self_forcing_480p.safetensors"]}
 for sub, names in placeholders.items():
     os.makedirs(os.path.join(srv.base_dir, "models", sub), exist_ok=True)
     for n in names:
         open(os.path.join(srv.base_dir, "models", sub, n), "wb").close()
-# a tiny random Wan2.1 VAE (ComfyUI reads its width from the weights) for the image-to-video run
+# Tiny random VAEs under the workflows' own names (replacing the empty placeholders), so that the
+# runs from the page decode through AR Video Sampler's 'vae' input: a Wan2.1 VAE (0.2x reads its
+# width from the weights, 0.3.x builds it at 96) and, where this ComfyUI reads one, a TAEHV in the
+# lighttaew2_1 layout (bf16, 16 latent channels). Load VAE (0.2x) lists models/vae and the video
+# TAEs of models/vae_approx, but reads a file named exactly lighttaew2_1.safetensors from
+# models/vae_approx only: it goes there (the placeholder in models/vae is removed), as a user must
+# put it. real_vaes lists the files that hold weights.
+real_vaes = []
 try:
     sys.path.insert(0, os.environ["COMFYUI_DIR"])
     sys.argv = [sys.argv[0], "--cpu"]
     import comfy.options
     comfy.options.enable_args_parsing()
     import torch
-    from comfy.ldm.wan.vae import WanVAE
+    import comfy.ldm.wan.vae as wan_vae
     from safetensors.torch import save_file
-    torch.manual_seed(0)
-    vae = WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                 temperal_downsample=[False, True, True], dropout=0.0)
-    sd = {k: (torch.randn_like(v) * 0.05 if v.ndim > 1 else torch.ones_like(v)).contiguous() for k, v in vae.state_dict().items()}
-    save_file(sd, os.path.join(srv.base_dir, "models", "vae", "tiny_wan_vae.safetensors"))
-except Exception as err:  # the load checks still run; the image-to-video run is skipped
+
+    def randomised(module, scale=1.0):
+        gen = torch.Generator().manual_seed(0)
+        sd = {}
+        for k, v in module.state_dict().items():
+            fan = v[0].numel() if v.ndim > 1 else v.numel()
+            sd[k] = torch.ones(v.shape) if "gamma" in k else \
+                (torch.randn(v.shape, generator=gen) * scale / max(fan, 1) ** 0.5).contiguous()
+        return sd
+
+    vae_dir = os.path.join(srv.base_dir, "models", "vae")
+    dim = 16 if hasattr(wan_vae, "count_cache_layers") else 96
+    save_file(randomised(wan_vae.WanVAE(dim=dim, z_dim=16, temperal_downsample=[False, True, True])),
+              os.path.join(vae_dir, "wan_2.1_vae.safetensors"))
+    real_vaes.append("wan_2.1_vae.safetensors")
+    try:
+        import comfy.taesd.taehv as taehv
+    except ImportError:  # no TAEHV in this ComfyUI: lighttaew2_1 stays a placeholder
+        taehv = None
+    if taehv is not None:
+        sd = {k: v.to(torch.bfloat16) for k, v in randomised(taehv.TAEHV(latent_channels=16), 0.5).items()}
+        approx_dir = os.path.join(srv.base_dir, "models", "vae_approx")
+        os.makedirs(approx_dir, exist_ok=True)
+        save_file(sd, os.path.join(approx_dir, "lighttaew2_1.safetensors"))
+        os.remove(os.path.join(vae_dir, "lighttaew2_1.safetensors"))
+        real_vaes.append("lighttaew2_1.safetensors")
+except Exception as err:  # the load checks still run; the runs that decode are skipped
     print("no tiny VAE:", err, file=sys.stderr)
 # the start image of the image-to-video workflow, as a user would have put it in input/
 from PIL import Image
 os.makedirs(os.path.join(srv.base_dir, "input"), exist_ok=True)
 Image.new("RGB", (64, 64), (200, 120, 40)).save(os.path.join(srv.base_dir, "input", "example.png"))
 srv.start()
-print(json.dumps({"url": srv.url, "base_dir": srv.base_dir, "tiny": srv.tiny_wan_info}), flush=True)
+print(json.dumps({"url": srv.url, "base_dir": srv.base_dir, "tiny": srv.tiny_wan_info, "real_vaes": real_vaes}), flush=True)
 try:
     sys.stdin.read()  # until the parent closes stdin (or dies)
 finally:
@@ -419,6 +466,9 @@ async function queueFromPage(page) {
         api.addEventListener(name, fn);
         listeners.push([name, fn]);
       }
+      const onLive = (e) => events.push({ name: "live", node: e.detail?.node, state: e.detail?.state, frames: e.detail?.frames });
+      api.addEventListener("dummy_forcing.live", onLive);
+      listeners.push(["dummy_forcing.live", onLive]);
     });
     await window.app.queuePrompt(0, 1);
     await Promise.race([done, new Promise((r) => setTimeout(r, 240000))]);
@@ -430,7 +480,7 @@ async function queueFromPage(page) {
 
 // ------------------------------------------------------------------------------------ image-to-video run
 // causal_forcing_i2v_dummy_forcing.json as loaded, on the tiny causal checkpoint and a tiny random
-// VAE (64x64, 21 frames), a random text conditioning instead of umT5 (CLIP nodes muted): core's
+// VAE under the workflow's name (64x64, 21 frames), a random text conditioning instead of umT5 (CLIP nodes muted): core's
 // SamplerCustomAdvanced + Sampler AR Video with Apply Dummy Forcing, queued from the page.
 async function runCheckI2V(page) {
   const json = JSON.parse(fs.readFileSync(path.join(REPO, "workflows", "causal_forcing_i2v_dummy_forcing.json"), "utf8"));
@@ -442,7 +492,6 @@ async function runCheckI2V(page) {
     const find = (t) => g._nodes.find((n) => n.type === t);
     const setW = (n, name, v) => { const w = n.widgets.find((x) => x.name === name); w.value = v; w.callback?.(v); };
     setW(find("UNETLoader"), "unet_name", "tiny_wan_causal.safetensors");
-    setW(find("VAELoader"), "vae_name", "tiny_wan_vae.safetensors");
     const i2v = find("ARVideoI2V");
     setW(i2v, "width", 64); setW(i2v, "height", 64); setW(i2v, "length", 21);
     find("CLIPLoader").mode = 2;
@@ -473,10 +522,83 @@ async function runCheckI2V(page) {
   console.log(`run i2v: ${last?.name}; Cache Stats: ${text.split("\n").slice(0, 4).join(" | ")}`);
 }
 
+// ------------------------------------------------------------------------------------ long video run
+// long_video_sink_window.json as loaded, on the tiny checkpoint and a tiny random lighttaew2_1
+// (TAEHV) under the workflow's name, a random text conditioning instead of umT5 (CLIP nodes
+// muted), 64x64 x 81 frames (21 latent frames: the sink + window cache of 3 + 12 drops frames).
+// AR Video Sampler writes the mp4 while it samples (return_frames off): Preview Image gets the
+// last frame only.
+async function runCheckLong(page) {
+  const json = JSON.parse(fs.readFileSync(path.join(REPO, "workflows", "long_video_sink_window.json"), "utf8"));
+  await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, "run_check_long.json"); }, json);
+  await sleep(800);
+  await closeDialogs(page);
+  const ids = await page.evaluate(() => {
+    const LG = window.LiteGraph, g = window.app.graph;
+    const find = (t) => g._nodes.find((n) => n.type === t);
+    const setW = (n, name, v) => { const w = n.widgets.find((x) => x.name === name); w.value = v; w.callback?.(v); };
+    const empty = find("EmptyHunyuanLatentVideo"), sampler = find("ARVideoSampler");
+    setW(find("UNETLoader"), "unet_name", "tiny_wan_t2v.safetensors");
+    setW(empty, "width", 64); setW(empty, "height", 64); setW(empty, "length", 81);
+    for (const t of ["CLIPLoader", "CLIPTextEncode"]) find(t).mode = 2;
+    const text = LG.createNode("DFTestTextContext");
+    text.pos = [empty.pos[0], empty.pos[1] + empty.size[1] + 80];
+    g.add(text);
+    text.connect(0, sampler, "positive");
+    g.setDirtyCanvas(true, true);
+    return { sampler: sampler.id, preview: find("PreviewImage").id, stats: find("CacheStats").id };
+  });
+  const events = await queueFromPage(page);
+  const statsText = await page.evaluate((id) =>
+    window.app.graph.getNodeById(id).widgets?.find((x) => x.name === "df_report")?.value, ids.stats);
+  report.run_long = { events, stats_text: statsText };
+  const last = events[events.length - 1];
+  if (!last || last.name !== "execution_success") problem(`run long: did not succeed: ${JSON.stringify(last)}`);
+  const ex = (id) => events.find((e) => e.name === "executed" && String(e.node) === String(id));
+  if (!ex(ids.sampler)?.images) problem(`run long: AR Video Sampler showed no saved video: ${JSON.stringify(ex(ids.sampler))}`);
+  if (ex(ids.preview)?.images !== 1) problem(`run long: Preview Image got ${ex(ids.preview)?.images} images, return_frames off: the last frame`);
+  if (!events.some((e) => e.name === "live" && String(e.node) === String(ids.sampler)))
+    problem("run long: no live view event for AR Video Sampler");
+  const text = String(statsText || "");
+  if (!text.includes("dummy forcing: dummy heads 0.5")) problem(`run long: Cache Stats text: ${text.slice(0, 300)}`);
+  await fitView(page);
+  await page.screenshot({ path: path.join(OUT, "run_long_graph.png") });
+  console.log(`run long: ${last?.name}; sampler ${JSON.stringify(ex(ids.sampler))}; preview ${JSON.stringify(ex(ids.preview))}`);
+}
+
+// ------------------------------------------------------------------------------------ small model run
+// first_try_tiny_model.json exactly as loaded (its models ship with the pack): both samplers, the
+// side-by-side WEBP and both Cache Stats reports.
+async function runCheckTinyModel(page) {
+  const json = JSON.parse(fs.readFileSync(path.join(REPO, "workflows", "first_try_tiny_model.json"), "utf8"));
+  await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, "run_check_tiny.json"); }, json);
+  await sleep(800);
+  await closeDialogs(page);
+  const ids = await page.evaluate(() => {
+    const g = window.app.graph;
+    return { save: g._nodes.find((n) => n.type === "SaveAnimatedWEBP").id,
+             stats: g._nodes.filter((n) => n.type === "CacheStats").map((n) => n.id) };
+  });
+  const events = await queueFromPage(page);
+  const texts = await page.evaluate((ids) => ids.map((id) =>
+    String(window.app.graph.getNodeById(id).widgets?.find((x) => x.name === "df_report")?.value ?? "")), ids.stats);
+  report.run_tiny = { events, stats_texts: texts };
+  const last = events[events.length - 1];
+  if (!last || last.name !== "execution_success") problem(`run tiny: did not succeed: ${JSON.stringify(last)}`);
+  if (!events.some((e) => e.name === "executed" && String(e.node) === String(ids.save) && e.images))
+    problem("run tiny: Save Animated WEBP produced no image");
+  if (texts.some((t) => !t.trim())) problem(`run tiny: a Cache Stats node shows no report: ${JSON.stringify(texts.map((t) => t.slice(0, 80)))}`);
+  if (!texts.some((t) => t.includes("dummy heads 0.5"))) problem(`run tiny: no Cache Stats report of the Dummy Forcing run: ${JSON.stringify(texts.map((t) => t.slice(0, 120)))}`);
+  await fitView(page);
+  await page.screenshot({ path: path.join(OUT, "run_tiny_graph.png") });
+  console.log(`run tiny: ${last?.name}; Cache Stats: ${texts.map((t) => t.split("\n")[0]).join(" || ")}`);
+}
+
 // ------------------------------------------------------------------------------------ run check
-// The text-to-video workflow with the tiny checkpoint and a random text conditioning instead of
-// umT5 (there is no text encoder / VAE here): CLIP, VAE and video nodes muted; a Profile Heads
-// node added on the same inputs. Queued from the page like the Run button.
+// The text-to-video workflow with the tiny checkpoint, a tiny random Wan2.1 VAE under the
+// workflow's name and a random text conditioning instead of umT5 (CLIP nodes muted); a Profile
+// Heads node added on the same inputs. Queued from the page like the Run button: AR Video
+// Sampler decodes through its 'vae' input, its IMAGE goes to Create Video -> Save Video.
 async function runCheck(page, url, server) {
   const json = JSON.parse(fs.readFileSync(path.join(REPO, "workflows", "text_to_video_dummy_forcing.json"), "utf8"));
   await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, "run_check.json"); }, json);
@@ -491,7 +613,7 @@ async function runCheck(page, url, server) {
     setW(unet, "unet_name", "tiny_wan_t2v.safetensors");
     setW(empty, "width", 64); setW(empty, "height", 64); setW(empty, "length", 21);
     setW(sampler, "frames_per_chunk", 1);
-    for (const t of ["CLIPLoader", "CLIPTextEncode", "VAELoader", "VAEDecode", "CreateVideo", "SaveVideo"]) find(t).mode = 2;
+    for (const t of ["CLIPLoader", "CLIPTextEncode"]) find(t).mode = 2;
     const text = LG.createNode("DFTestTextContext");
     text.pos = [empty.pos[0], empty.pos[1] + empty.size[1] + 80];
     g.add(text);
@@ -505,7 +627,7 @@ async function runCheck(page, url, server) {
     for (const [k, v] of Object.entries({ frames_per_chunk: 1, chunks_to_profile: 2, sink_frames: 1, save_name: "frontend_check" }))
       setW(prof, k, v);
     g.setDirtyCanvas(true, true);
-    return { stats: stats.id, prof: prof.id, apply: apply.id, sampler: sampler.id };
+    return { stats: stats.id, prof: prof.id, apply: apply.id, sampler: sampler.id, save: find("SaveVideo").id };
   });
   const events = await queueFromPage(page);
   const result = await page.evaluate(async ([ids, events]) => {
@@ -538,6 +660,11 @@ async function runCheck(page, url, server) {
     }
     if (!r.images) problem(`run: ${label} shows no image`);
   }
+  if (!result.events.some((e) => e.name === "executed" && String(e.node) === String(setup.save) && e.images))
+    problem("run: Save Video (fed by AR Video Sampler's IMAGE) produced no video");
+  const live = result.events.filter((e) => e.name === "live" && String(e.node) === String(setup.sampler));
+  if (!live.length) problem("run: no live view event for AR Video Sampler (live_preview on, vae connected)");
+  console.log(`run: ${last?.name}; ${live.length} live view events for the sampler`);
   if (!same(result.stats.serialized_widgets_values || [], [])) problem(`run: Cache Stats saves widgets_values ${JSON.stringify(result.stats.serialized_widgets_values)}`);
   const p = await page.evaluate(async (id) => (await window.app.graphToPrompt()).output[String(id)], setup.prof);
   if (p && REPORT_WIDGET in p.inputs) problem("run: df_report in the prompt after a run");
@@ -772,11 +899,17 @@ async function nodeShot(page, id, file, pad = 24) {
 
     if (ONLY !== "live_view" && defs.DFTestTextContext && (defs.UNETLoader.input.required.unet_name[0] || []).includes("tiny_wan_t2v.safetensors")) {
       await runCheck(page, url, server);
-      if ((defs.VAELoader.input.required.vae_name[0] || []).includes("tiny_wan_vae.safetensors") && defs.ARVideoI2V)
-        await runCheckI2V(page);
+      const vaes = server.real_vaes || [];
+      if (vaes.includes("lighttaew2_1.safetensors")) await runCheckLong(page);
+      else note("long_video_sink_window run skipped: no tiny lighttaew2_1 (this ComfyUI reads no TAEHV)");
+      if (vaes.includes("wan_2.1_vae.safetensors") && defs.ARVideoI2V) await runCheckI2V(page);
       else console.log("image-to-video run skipped: no tiny VAE or no ARVideoI2V (ComfyUI < 0.21)");
     } else {
       console.log("run check skipped: no tiny checkpoint / DFTestTextContext on this server");
+    }
+    if (ONLY !== "live_view") {
+      if (defs.DFTinyModelLoader) await runCheckTinyModel(page);
+      else problem("first_try_tiny_model: no DFTinyModelLoader on this server");
     }
   } finally {
     report.problems = problems;
