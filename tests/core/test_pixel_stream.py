@@ -256,3 +256,29 @@ def test_video_file_is_whole_or_absent(tmp_path):
         for _ in range(40):  # the encoder buffers a few frames before the first packet
             w.write(frames, 0)
     assert sorted(os.listdir(tmp_path)) == ["clip_00001_.mp4"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_overlapped_cuda_decode_equals_the_inline_decode_while_the_caller_keeps_working():
+    """The decode thread's own CUDA stream: same frames as inline, while the caller's stream
+    keeps writing new tensors (the allocator must not hand a pushed chunk's memory to them)."""
+    torch.manual_seed(0)
+    vae = _FakeWanVAE().cuda()
+    z = torch.randn(1, 4, 13, 32, 48, device="cuda")
+    rec_inline, rec_overlap = _Recorder(), _Recorder()
+    with torch.no_grad():
+        inline = PixelStream(WanCausalDecoder(vae, 2, 2, torch.float32, "cuda"), [rec_inline])
+        for f0 in range(0, 13, 3):
+            inline.push(z[:, :, f0:f0 + 3].clone())
+        inline.finish()
+        stream = PixelStream(WanCausalDecoder(vae, 2, 2, torch.float32, "cuda"), [rec_overlap], overlap=True,
+                             device="cuda")
+        for f0 in range(0, 13, 3):
+            stream.push(z[:, :, f0:f0 + 3].clone())  # a fresh tensor, dropped by the caller at once
+            busy = torch.randn(4096, 4096, device="cuda") @ torch.randn(4096, 4096, device="cuda")  # caller work
+            del busy
+        stream.finish()
+    a = torch.cat([x for _, x in rec_inline.calls], 1)
+    b = torch.cat([x for _, x in rec_overlap.calls], 1)
+    assert a.shape == b.shape == (1, 13, 32, 48, 3)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
