@@ -86,7 +86,8 @@ def df_planted(model) -> CacheSpec:
     """Dummy Forcing with a planted head profile that permutes the heads of two layers."""
     scores = torch.tensor([[_TYPE_SCORES[t] for t in layer] for layer in _PLANTED], dtype=torch.float32)
     prof = HeadProfile(scores, ModelGeometry.of(model).fingerprint(), {"planted": True})
-    return CacheSpec(dummy_forcing=DummyForcingConfig(dummy_head_count=5, ar_start=1, head_profile=prof))
+    return CacheSpec(dummy_forcing=DummyForcingConfig(dummy_head_count=5, ar_start=1, normalised_cost=False,
+                                                        head_profile=prof))
 
 
 @pytest.mark.parametrize("opts", [FastOptions(), FastOptions(fuse_qkv=False)])

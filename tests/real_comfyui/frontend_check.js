@@ -460,6 +460,7 @@ async function queueFromPage(page) {
         const fn = (e) => {
           events.push({ name, node: e.detail?.node ?? e.detail?.node_id, prompt_id: e.detail?.prompt_id,
                         text: e.detail?.output?.text, images: e.detail?.output?.images?.length,
+                        files: e.detail?.output?.images?.map((i) => ({ filename: i.filename, subfolder: i.subfolder, type: i.type })),
                         error: e.detail?.exception_message });
           if (name !== "executed") resolve();
         };
@@ -556,6 +557,31 @@ async function runCheckLong(page) {
   if (!last || last.name !== "execution_success") problem(`run long: did not succeed: ${JSON.stringify(last)}`);
   const ex = (id) => events.find((e) => e.name === "executed" && String(e.node) === String(id));
   if (!ex(ids.sampler)?.images) problem(`run long: AR Video Sampler showed no saved video: ${JSON.stringify(ex(ids.sampler))}`);
+  const mp4 = ex(ids.sampler)?.files?.[0];
+  if (mp4) { // the file as the browser gets it: its length in the video element (81 frames at 16 fps)
+    const media = await page.evaluate(async (f) => {
+      const u = `/api/view?${new URLSearchParams(f)}`;
+      const res = await fetch(u);
+      const bytes = (await res.arrayBuffer()).byteLength;
+      const v = document.createElement("video");
+      v.muted = true;
+      const meta = await new Promise((resolve) => {
+        v.onloadedmetadata = () => resolve({ duration: v.duration, width: v.videoWidth, height: v.videoHeight });
+        v.onerror = () => resolve({ error: String(v.error?.message || v.error?.code) });
+        setTimeout(() => resolve({ error: "timeout" }), 15000);
+        v.src = u;
+      });
+      return { status: res.status, bytes, ...meta };
+    }, mp4);
+    report.run_long.mp4 = { ...mp4, ...media };
+    if (media.status !== 200 || !media.bytes) problem(`run long: ${mp4.filename} not served: ${JSON.stringify(media)}`);
+    else if (media.error) note(`run long: this Chromium cannot read ${mp4.filename} (${media.error}); ${media.bytes} bytes`);
+    else {
+      if (Math.abs(media.duration - 81 / 16) > 0.2) problem(`run long: ${mp4.filename} lasts ${media.duration} s, 81 frames at 16 fps = 5.06 s`);
+      if (media.width !== 64 || media.height !== 64) problem(`run long: ${mp4.filename} is ${media.width}x${media.height}, 64x64 expected`);
+    }
+    console.log(`run long: ${mp4.filename}: ${JSON.stringify(media)}`);
+  }
   if (ex(ids.preview)?.images !== 1) problem(`run long: Preview Image got ${ex(ids.preview)?.images} images, return_frames off: the last frame`);
   if (!events.some((e) => e.name === "live" && String(e.node) === String(ids.sampler)))
     problem("run long: no live view event for AR Video Sampler");
