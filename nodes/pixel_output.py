@@ -182,7 +182,11 @@ def chunk_feed(model, stream: PixelStream):
     fmt = model.model.latent_format
 
     def feed(f0: int, x: torch.Tensor) -> None:
-        stream.push(fmt.process_out(x.float()))
+        x = fmt.process_out(x.float())
+        if f0 == 0 and x.shape[2] > 1:  # the video's first frame on its own: it shows sooner
+            stream.push(x[:, :, :1])
+            x = x[:, :, 1:]
+        stream.push(x)
 
     return feed
 
