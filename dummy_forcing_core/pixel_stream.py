@@ -68,6 +68,8 @@ class PixelStream:
         self.overlap = bool(overlap)
         self._device = torch.device(device) if device is not None else None
         self._cuda = self.overlap and self._device is not None and self._device.type == "cuda"
+        if self._cuda and self._device.index is None:  # "cuda": the current card, named (the thread sets it)
+            self._device = torch.device("cuda", torch.cuda.current_device())
         if self.overlap:  # threads; and on CUDA a stream of its own (on the CPU: order and errors alike)
             self._side = torch.cuda.Stream(device=self._device) if self._cuda else None
             self._jobs: queue.Queue = queue.Queue(maxsize=max(1, int(max_pending)))
