@@ -135,7 +135,8 @@ class HeadProfile:
         if (profiler.num_layers, profiler.num_heads) != (fp["num_layers"], fp["num_heads"]):
             raise ValueError(f"profiler measured {profiler.num_layers} layers x {profiler.num_heads} heads but the "
                              f"model has {_describe(fp)}")
-        base = {"sink_frames": profiler.sink_frames, "sample_fraction": profiler.sample_fraction,
+        base = {"sink_frames": profiler.sink_frames, "profile_sink_frames": profiler.sink_positions,
+                "sample_fraction": profiler.sample_fraction,
                 "seed": profiler.seed, "probe_calls": profiler.calls, "profile_seconds": round(profiler.elapsed_s, 6)}
         base.update(settings or {})
         return cls(profiler.scores(), fp, base, int(profiler.layer_calls.min()))
@@ -168,6 +169,8 @@ class HeadProfile:
         st = self.settings
         bits = [f"{k}={st[k]}" for k in ("sink_frames", "ar_start", "chunk_frames", "sample_fraction", "runs")
                 if k in st]
+        if st.get("profile_sink_frames"):  # 0 / absent: the sink region was frames with index < sink_frames
+            bits.insert(1, f"sink region=first {st['profile_sink_frames']} cached frames")
         lines = [f"head profile: {_describe(self.fingerprint)}, {self.num_samples} sample(s)"
                  + (f"; {', '.join(bits)}" if bits else ""),
                  f"mean attention: sink {m[0]:.3f}, neighbor {m[1]:.3f}, current {m[2]:.3f}; "
@@ -246,7 +249,12 @@ class HeadProfile:
 class ProfilingSpec:
     """A cache-policy spec for offline profiling: a full cache; the cache passes of chunks
     ``ar_start .. ar_start + chunks - 1`` are probed by ``profiler``; the video ends after them.
-    One spec (one profiler) serves every run whose measurements it averages."""
+    One spec (one profiler) serves every run whose measurements it averages.
+
+    The profiled sink region is the frames with index ``< sink_frames`` or, with
+    ``profile_sink_frames`` > 0, the first ``profile_sink_frames`` cached frames (Apply Dummy
+    Forcing's setting of the same name; the authors' LongLive setting: 3, one chunk, at
+    ar_start 2). The cache here is full, so those are frames 0 .. profile_sink_frames - 1."""
 
     profiler: AttentionProfiler
     ar_start: int
@@ -254,13 +262,17 @@ class ProfilingSpec:
 
     @classmethod
     def create(cls, geometry: ModelGeometry, ar_start: int = 1, chunks: int = 1, sink_frames: int = 1,
-               sample_fraction: float = 0.25, seed: int = 0) -> "ProfilingSpec":
+               sample_fraction: float = 0.25, seed: int = 0, profile_sink_frames: int = 0) -> "ProfilingSpec":
         if not 0.0 < float(sample_fraction) <= 1.0:
             raise SettingError("profiling", "sample_fraction", f"'sample_fraction' must be in (0, 1], got "
                                f"{sample_fraction}")
         if sink_frames < 1:
             raise SettingError("profiling", "sink_frames", f"'sink_frames' must be >= 1, got {sink_frames}")
-        profiler = AttentionProfiler(geometry.num_layers, geometry.num_heads, sink_frames, sample_fraction, seed)
+        if profile_sink_frames < 0:
+            raise SettingError("profiling", "profile_sink_frames", f"'profile_sink_frames' must be >= 0 (0 = the "
+                               f"first sink_frames frames), got {profile_sink_frames}")
+        profiler = AttentionProfiler(geometry.num_layers, geometry.num_heads, sink_frames, sample_fraction, seed,
+                                     sink_positions=int(profile_sink_frames))
         return cls(profiler, int(ar_start), int(chunks))
 
     @property
@@ -284,6 +296,11 @@ class ProfilingSpec:
             raise SettingError("profiling", "sink_frames",
                                f"'sink_frames' = {self.profiler.sink_frames} is more than the {cached} frames cached "
                                f"before chunk 'ar_start' = {a}; lower it or raise 'ar_start'")
+        if self.profiler.sink_positions >= cached:  # no neighbor frame would be left to measure
+            raise SettingError("profiling", "profile_sink_frames",
+                               f"'profile_sink_frames' = {self.profiler.sink_positions} leaves no neighbor frame: "
+                               f"{cached} frames are cached before chunk 'ar_start' = {a}; lower it below {cached} "
+                               "(0 = the first sink_frames frames) or raise 'ar_start'")
         return _ProfilingPolicy(FULL, geometry, plan, last, profiler=self.profiler, probed=range(a, last + 1))
 
 

@@ -58,7 +58,8 @@ class ProfileHeads(io.ComfyNode):
                 io.Int.Input(
                     "ar_start", default=1, min=1, max=10000,
                     tooltip="First generated chunk whose clean pass is profiled (default 1, as Apply Dummy Forcing "
-                    "for Self Forcing; 2 for LongLive). Use the same ar_start as when generating."),
+                    "for Self Forcing; 2 for LongLive, with profile_sink_frames 3). Use the same ar_start as when "
+                    "generating."),
                 io.Int.Input(
                     "chunks_to_profile", default=1, min=1, max=1000,
                     tooltip="How many chunks from ar_start on are profiled and averaged (default 1). Head types are "
@@ -84,6 +85,13 @@ class ProfileHeads(io.ComfyNode):
                     tooltip="Empty (default): nothing is saved. A name such as 'self_forcing_480p' saves the profile "
                     "to <ComfyUI output>/dummy_forcing/profiles/<name>.safetensors for Load Head Profile; an existing "
                     "file is never overwritten (a _2, _3, ... suffix is added)."),
+                io.Int.Input(
+                    "profile_sink_frames", default=0, min=0, max=1000, optional=True,
+                    tooltip="The region measured as 'sink'. 0 (default): the first sink_frames frames, the frames a "
+                    "sink head keeps. > 0: the first this many cached frames, whatever sink_frames is: the authors' "
+                    "LongLive setting measures one chunk (3, at ar_start 2) while sink heads keep 1 frame. Use the "
+                    "same value as Apply Dummy Forcing's profile_sink_frames (its LongLive preset sets 3). Must be "
+                    "less than the frames cached before ar_start. Saved in the profile's settings."),
             ],
             outputs=[
                 w.HEAD_PROFILE.Output(display_name="head_profile", tooltip="Per-head attention scores of this model; "
@@ -97,7 +105,7 @@ class ProfileHeads(io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, latent, seed, runs_per_prompt, ar_start, chunks_to_profile, sink_frames,
                 frames_per_chunk, denoise_timesteps, steps, shift, sample_fraction, preview_dummy_heads,
-                save_name) -> io.NodeOutput:
+                save_name, profile_sink_frames=0) -> io.NodeOutput:
         with node_errors(PROFILE_NAME, {"sampler": PROFILE_NAME, "profiling": PROFILE_NAME}):
             glue.check_float_widgets("profiling", shift=shift, sample_fraction=sample_fraction,
                                      preview_dummy_heads=preview_dummy_heads)
@@ -107,7 +115,7 @@ class ProfileHeads(io.ComfyNode):
                                        timesteps=glue.parse_timesteps(denoise_timesteps), steps=int(steps),
                                        shift=float(shift) if shift > 0 else glue.model_shift(model)[0])
             spec = ProfilingSpec.create(geom, int(ar_start), int(chunks_to_profile), int(sink_frames),
-                                        float(sample_fraction), int(seed))
+                                        float(sample_fraction), int(seed), int(profile_sink_frames))
             seeds = [int(seed) + i for i in range(int(runs_per_prompt))]
             n_prompts = len(conditioning) if isinstance(conditioning, (list, tuple)) else 1
             run = glue.prepare_run(model, latent, conditioning, "conditioning", settings, spec,
