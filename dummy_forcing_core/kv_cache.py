@@ -27,6 +27,13 @@ Phases
    Nothing is reallocated.
 3. ``KVCache.regroup`` (once, e.g. at Dummy Forcing's ``ar_start``): builds new groups sized
    to what they keep, copying the kept frames from the old groups, and frees the old.
+4. ``KVCache.reset`` (a cache made with ``recycle=True``, between videos of one shape: the warm
+   start): back to the state ``create`` left (history 0, the base groups, no flops) without
+   allocating. The layout the last video ended with is kept aside (its groups, *the pool*),
+   and a later ``regroup`` that asks a layer for a group of the same spec (heads, runs, name,
+   capacity) reuses that group, buffers and ``uid`` included, so CUDA graphs that read them
+   stay valid; groups of the pool it does not reuse are freed by that regroup. A recycling
+   cache keeps its base groups through regroups (``reserved_bytes`` counts all it holds).
 
 This module only stores; attention over it and its FLOP counting live in ``attention.py``.
 """
@@ -161,6 +168,17 @@ class HeadGroup:
         self.frames = kept.pop() if kept else 0
         self.chunk_tokens = 0
 
+    def restart(self, history: int) -> None:
+        """Reuse the buffers at ``history`` committed frames (frames by the retentions; nothing
+        in the scratch); the caller writes the context it holds."""
+        self.history = history
+        self.frames = self.segments[0].retention.kept(history) if self.segments else 0
+        self.chunk_tokens = 0
+
+    def spec_key(self) -> tuple:
+        """What a group built from a spec is: heads, runs, name and capacity (buffers alike)."""
+        return _spec_key(self.spec, self.capacity_frames)
+
     @property
     def heads(self) -> torch.Tensor:
         """Original head indices as a device tensor (built on first use: no host sync at build)."""
@@ -235,6 +253,10 @@ class HeadGroup:
     def held_bytes(self) -> int:
         per_token = self.k.shape[0] * self.k.shape[1] * self.k.shape[3] * self.k.element_size()
         return 2 * per_token * self.frames * self.tpf
+
+
+def _spec_key(spec: GroupSpec, capacity_frames: int) -> tuple:
+    return tuple(spec.heads), tuple((n, ret) for n, ret in spec.runs), spec.name, capacity_frames
 
 
 def _shift_left(buf: torch.Tensor, start: int, drop: int, keep: int):
@@ -314,6 +336,10 @@ class KVCache:
     keeps, asked at the first regroup that names every head; ``local_heads`` is its answer, and
     from then on every layer holds only those heads (``LayerCache.partial``); ``all_specs`` is
     the layout of all processes together.
+
+    Warm start (``recycle``, phase 4 of the module docstring): ``base`` holds the LayerCaches
+    ``create`` built (what :meth:`reset` returns to), ``pool`` per layer the groups of the
+    layout the last video ended with, by :meth:`HeadGroup.spec_key`. Not recycling: both empty.
     """
 
     layers: list[LayerCache]
@@ -329,15 +355,20 @@ class KVCache:
     shard_heads: Callable[[list[list[GroupSpec]]], list[list[int]]] | None = None
     local_heads: list[list[int]] | None = None
     all_specs: list[list[GroupSpec]] | None = None
+    recycle: bool = False
+    base: list[LayerCache] = field(default_factory=list)
+    pool: list[dict[tuple, HeadGroup]] = field(default_factory=list)
 
     @classmethod
     def create(cls, num_layers: int, num_heads: int, head_dim: int, tokens_per_frame: int,
                max_chunk_frames: int, total_frames: int, retention: Retention = FULL,
-               batch: int = 1, dtype=torch.float32, device="cpu", capacity_frames: int | None = None) -> "KVCache":
+               batch: int = 1, dtype=torch.float32, device="cpu", capacity_frames: int | None = None,
+               recycle: bool = False) -> "KVCache":
         """``capacity_frames``: frames the initial groups hold (context + scratch); default
         enough for the whole video. A cache regrouped early (Dummy Forcing at ``ar_start``)
         needs the base layout only until then; the regrouped groups are sized for the whole
-        video (``total_frames``)."""
+        video (``total_frames``). ``recycle``: a cache for several videos of this shape
+        (:meth:`reset`; module docstring, phase 4)."""
         if max_chunk_frames < 1:
             raise ValueError("chunk size must be >= 1 frame")
         cap = retention.capacity_for(total_frames, max_chunk_frames)
@@ -348,8 +379,28 @@ class KVCache:
         spec = GroupSpec(list(range(num_heads)), [(num_heads, retention)], name="all")
         layers = [LayerCache([HeadGroup(spec, batch, head_dim, tokens_per_frame, cap, dtype, device)], num_heads)
                   for _ in range(num_layers)]
-        return cls(layers, batch, num_heads, head_dim, tokens_per_frame, max_chunk_frames, total_frames,
-                   dtype, torch.device(device))
+        cache = cls(layers, batch, num_heads, head_dim, tokens_per_frame, max_chunk_frames, total_frames,
+                    dtype, torch.device(device), recycle=recycle)
+        if recycle:
+            cache.base = list(layers)
+            cache.pool = [{} for _ in layers]
+        return cache
+
+    def reset(self) -> None:
+        """Back to the state :meth:`create` left, for the next video of this shape: history 0,
+        the base groups, no scratch, FLOPs 0; nothing allocated. The layout held now goes to
+        the pool (a later regroup to the same specs reuses its groups)."""
+        if not self.recycle:
+            raise RuntimeError("only a cache made with recycle=True can be reset")
+        for i, layer in enumerate(self.layers):
+            base = self.base[i]
+            if layer is not base:
+                self.pool[i] = {g.spec_key(): g for g in layer.groups}
+            for g in base.groups:
+                g.restart(0)
+            self.layers[i] = base
+        self.flops = FlopCounter()
+        self.local_heads = self.all_specs = None
 
     @property
     def history(self) -> int:
@@ -427,7 +478,7 @@ class KVCache:
         # held for one layer at a time, not for the whole model (a 14B model at 480p: ~6 GiB)
         for i, layer_specs in enumerate(specs):
             heads = None if self.local_heads is None else self.local_heads[i]
-            self.layers[i] = self._build_layer(self.layers[i], layer_specs, where_of(i), heads=heads)
+            self.layers[i] = self._build_layer(i, layer_specs, where_of(i), heads=heads, from_source=source is not None)
 
     def _check_layer(self, specs: list[GroupSpec], where: dict):
         for spec in specs:
@@ -443,15 +494,30 @@ class KVCache:
                 if missing:
                     raise ValueError(f"cannot regroup: head {h} needs frames {missing} that the cache no longer holds")
 
-    def _build_layer(self, layer: LayerCache, specs: list[GroupSpec], where: dict,
-                     heads: list[int] | None = None) -> LayerCache:
-        """``where[head] = (source group, row)``: where each head's kept frames are read from."""
+    def _build_layer(self, i: int, specs: list[GroupSpec], where: dict, heads: list[int] | None = None,
+                     from_source: bool = False) -> LayerCache:
+        """``where[head] = (source group, row)``: where each head's kept frames are read from.
+        Recycling: a group of the pool (or, copying from another cache, of this layer) with
+        the spec's key is reused; the pool's other groups are freed first."""
         history = self.history
         tpf = self.tokens_per_frame
+        caps = [spec.capacity_for(self.total_frames, self.max_chunk_frames) for spec in specs]
+        layer = self.layers[i]
+        reuse: dict[tuple, HeadGroup] = {}
+        if self.recycle:
+            candidates = dict(self.pool[i])
+            if from_source:  # the data comes from the other cache: this layer's groups can take it in place
+                candidates.update({g.spec_key(): g for g in layer.groups if g not in self.base[i].groups})
+            keys = [_spec_key(spec, cap) for spec, cap in zip(specs, caps)]
+            reuse = {k: candidates[k] for k in keys if k in candidates}
+            self.pool[i] = {}  # what is not reused is freed before anything is allocated
         groups = []
-        for spec in specs:
-            cap = spec.capacity_for(self.total_frames, self.max_chunk_frames)
-            g = HeadGroup(spec, self.batch, self.head_dim, tpf, cap, self.dtype, self.device, history)
+        for spec, cap in zip(specs, caps):
+            g = reuse.pop(_spec_key(spec, cap), None) if reuse else None
+            if g is None:
+                g = HeadGroup(spec, self.batch, self.head_dim, tpf, cap, self.dtype, self.device, history)
+            else:
+                g.restart(history)
             # rows that keep the same frames and read them from the same source segment are
             # copied together: one gather per run of consecutive frames
             buckets: dict[tuple, list] = {}
@@ -482,7 +548,15 @@ class KVCache:
 
     # -- bytes -----------------------------------------------------------------------------------
     def allocated_bytes(self) -> int:
+        """Bytes of the groups in use now."""
         return sum(g.allocated_bytes() for layer in self.layers for g in layer.groups)
+
+    def reserved_bytes(self) -> int:
+        """Bytes of every buffer this cache holds: in use, and (recycling) the base groups and
+        the pool."""
+        groups = {id(g): g for layer in self.layers + self.base for g in layer.groups}
+        groups.update({id(g): g for pool in self.pool for g in pool.values()})
+        return sum(g.allocated_bytes() for g in groups.values())
 
     def held_bytes(self) -> int:
         return sum(g.held_bytes() for layer in self.layers for g in layer.groups)

@@ -167,10 +167,17 @@ def run_video(retention: Retention, chunk: int, start_frames: int, given_in_one_
         cap = retention.capacity_for(sum(n for _, n in pieces[:regroup[0]]) + 1, max_piece)
     cache = KVCache.create(LAYERS, HEADS, D, TPF, max_piece, TOTAL, retention, batch=B,
                            dtype=torch.float64, capacity_frames=cap)
-    naive = NaiveCache(retention)
     name = f"{retention}, chunk {chunk}, start {start_frames}{' in one piece' if given_in_one_piece else ''}"
+    play_video(cache, retention, pieces, regroup, name)
+
+
+def play_video(cache: KVCache, retention: Retention, pieces: list, regroup, name: str) -> bool:
+    """The pieces of one video through ``cache`` (at history 0), checked against a fresh naive
+    cache after every write and commit; whether it ran to the end."""
+    naive = NaiveCache(retention)
+    assert_same(cache, naive, f"{name}, before the first piece")
     if regroup is not None and regroup[0] < 0 and not try_regroup(cache, naive, regroup[1], f"{name}, at frame 0"):
-        return
+        return False
     for i, (f0, n) in enumerate(pieces):
         when = f"{name}, piece at frame {f0}"
         for _ in range(2):  # a denoising pass (not committed), then the cache pass
@@ -181,7 +188,8 @@ def run_video(retention: Retention, chunk: int, start_frames: int, given_in_one_
         naive.commit(f0, k, v)
         assert_same(cache, naive, f"{when}, after commit")
         if regroup is not None and i == regroup[0] and not try_regroup(cache, naive, regroup[1], when):
-            return
+            return False
+    return True
 
 
 def try_regroup(cache: KVCache, naive: NaiveCache, specs: list[list[GroupSpec]], when: str) -> bool:
@@ -243,3 +251,96 @@ def test_mixed_row_retentions_regrouped_at_any_piece(chunk):
     for retention, (start, one_piece), after in itertools.product(
             [FULL, Retention(2, 2)], [(0, False), (1, False), (2, True)], (-1, 0, 1, 2)):
         run_video(retention, chunk, start, one_piece, (after, mixed_specs()))
+
+
+# -- the warm start: one recycled cache for several videos ------------------------------------
+def _groups(cache: KVCache) -> dict:
+    """Per layer, spec key -> (group uid, K buffer address) of the groups in use."""
+    return [{g.spec_key(): (g.uid, g.k.data_ptr(), g.v.data_ptr()) for g in layer.groups} for layer in cache.layers]
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_reset_and_recycled_regroups_equal_a_fresh_cache(chunk):
+    """Videos one after another on one cache made with ``recycle=True``: after ``reset`` each
+    video reads and holds exactly what a fresh naive cache does (no frame of the last video is
+    seen), starts on the base groups it was created with, and a regroup to the layout the last
+    video ended with reuses those groups (same uid and buffers: graphs reading them stay
+    valid), while a different layout gets new ones. Without regroups: the base, videos on."""
+    a, a2, b = df_specs(1, 1, True), df_specs(1, 1, True), df_specs(2, chunk + 1, False)
+    layouts = [a, a2, b, b, a]  # a2: equal specs built anew (the policy makes new objects each video)
+    for retention, (start, one_piece) in itertools.product([FULL, Retention(2, 3)], GIVEN[::2]):
+        torch.manual_seed(chunk * 100 + start)
+        pieces, first = pieces_of(chunk, start, one_piece)
+        at = min(first + 1, len(pieces) - 1)
+        max_piece = max(n for _, n in pieces)
+        cap = retention.capacity_for(sum(n for _, n in pieces[:at]) + 1, max_piece)
+        cache = KVCache.create(LAYERS, HEADS, D, TPF, max_piece, TOTAL, retention, batch=B, dtype=torch.float64,
+                               capacity_frames=cap, recycle=True)
+        base = _groups(cache)
+        last, last_specs = None, None
+        for v, specs in enumerate(layouts):
+            name = f"{retention}, chunk {chunk}, start {start}, video {v}"
+            if v:
+                cache.reset()
+                assert cache.history == 0 and cache.flops.done == 0 and _groups(cache) == base, name
+                assert cache.scratch_state() == [0] * len(cache.scratch_state()), name
+            regrouped = play_video(cache, retention, pieces, None if specs is None else (at, specs), name)
+            now = _groups(cache)
+            if specs is None or not regrouped:
+                assert now == base, name
+            elif last is not None and last_specs is not None and specs == last_specs and last != base:
+                assert now == last, f"{name}: the layout of the last video was not reused"
+            else:
+                used = {x for layer in (last or []) + base for x in layer.values()}
+                assert not {x for layer in now for x in layer.values()} & used, f"{name}: a group was shared"
+            last, last_specs = now, (specs if regrouped else None)
+        # a reset keeps at most the base groups and the layout the last video ended with
+        cache.reset()
+        pooled = sum(g.allocated_bytes() for pool in cache.pool for g in pool.values())
+        assert cache.reserved_bytes() == cache.allocated_bytes() + pooled
+    for retention in (FULL, Retention(1, 2)):  # a uniform cache: never regrouped
+        pieces, _ = pieces_of(chunk, 2, False)
+        cache = KVCache.create(LAYERS, HEADS, D, TPF, chunk, TOTAL, retention, batch=B, dtype=torch.float64,
+                               recycle=True)
+        base = _groups(cache)
+        for v in range(3):
+            if v:
+                cache.reset()
+            assert play_video(cache, retention, pieces, None, f"{retention}, video {v}") and _groups(cache) == base
+
+
+def test_reset_needs_a_recycling_cache():
+    cache = KVCache.create(LAYERS, HEADS, D, TPF, 1, TOTAL)
+    with pytest.raises(RuntimeError, match="recycle"):
+        cache.reset()
+
+
+def test_recache_regroup_reuses_the_layers_groups_in_place():
+    """A prompt switch's re-cache refills the layout from another cache: a recycling cache
+    writes into the groups it holds (graphs stay valid), with the frames a fresh copy has."""
+    specs = df_specs(1, 1, True)
+    caches = [KVCache.create(LAYERS, HEADS, D, TPF, 1, TOTAL, FULL, batch=B, dtype=torch.float64, recycle=r)
+              for r in (True, False)]
+    for _ in range(3):
+        k, v = torch.randn(2, LAYERS, B, HEADS, TPF, D, dtype=torch.float64)
+        for c in caches:
+            for layer in range(LAYERS):
+                c.layers[layer].groups[0].write(k[layer], v[layer])
+            c.commit()
+    for c in caches:
+        c.regroup(specs)
+    before = _groups(caches[0])
+    frames = caches[0].kept_frames()
+    full = KVCache.create(LAYERS, HEADS, D, TPF, 1, len(frames) + 1, FULL, batch=B, dtype=torch.float64)
+    for layer in range(LAYERS):
+        g = full.layers[layer].groups[0]
+        g.k.normal_()
+        g.v.normal_()
+        g.history = g.frames = len(frames)
+    for c in caches:
+        c.regroup(c.layout_specs(), source=full, source_frames=frames)
+    assert _groups(caches[0]) == before
+    for layer, head in itertools.product(range(LAYERS), range(HEADS)):
+        ids, kk, vv = cache_kv(caches[0], layer, head)
+        want_ids, wk, wv = cache_kv(caches[1], layer, head)
+        assert ids == want_ids and torch.equal(kk, wk) and torch.equal(vv, wv), (layer, head)
