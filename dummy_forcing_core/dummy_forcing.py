@@ -91,7 +91,9 @@ class DummyForcingConfig:
     sink_frames); > 0: the first this many frames of the cached context (authors' LongLive: 3).
     head_profile: a HeadProfile used instead of profiling online.
     reprofile_on_prompt_switch: after a prompt switch (with re-cache), profile the first chunk
-    again over the re-cached frames and re-program the heads; off: keep the first head types."""
+    again over the re-cached frames and re-program the heads; off: keep the first head types.
+    preset: the :data:`PRESETS` name :meth:`with_preset` applied, a label for the run's
+    statistics only (not compared: equal settings are equal configs)."""
 
     dummy_heads: float = 0.5
     dummy_head_count: int = 0
@@ -109,12 +111,22 @@ class DummyForcingConfig:
     neighbor_skips_sink: bool = True
     warmup_cache: str = "base"
     profile_sink_frames: int = 0
+    preset: str = dataclasses.field(default=CUSTOM, compare=False)
 
     def with_preset(self, preset: str) -> "DummyForcingConfig":
         """This config with the settings ``preset`` (a :data:`PRESETS` name) defines."""
         if preset not in PRESETS:
             raise _err("preset", f"'preset' must be one of {', '.join(PRESETS)}, got {preset!r}")
-        return dataclasses.replace(self, **PRESETS[preset])
+        return dataclasses.replace(self, preset=preset, **PRESETS[preset])
+
+    @property
+    def preset_in_effect(self) -> str:
+        """The preset these settings are: :attr:`preset` while every setting it defines still
+        has its value, else "custom"."""
+        defined = PRESETS.get(self.preset)
+        if defined is None or any(getattr(self, k) != v for k, v in defined.items()):
+            return CUSTOM
+        return self.preset
 
     # -- the rules ------------------------------------------------------------------------------
     def neighbor_frames(self, chunk_frames: int) -> int:
@@ -228,6 +240,7 @@ class DummyForcingConfig:
     def describe(self) -> dict:
         d = {k: v for k, v in dataclasses.asdict(self).items() if k != "head_profile"}
         d["head_profile"] = "given" if self.head_profile is not None else "online"
+        d["preset"] = self.preset_in_effect
         return d
 
     def start(self, geometry: ModelGeometry, plan: ChunkPlan, base: Retention) -> "DummyForcingPolicy":

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 
 from .head_program import TypeCount, type_counts
 
-__all__ = ["GenerationStats", "format_bytes"]
+__all__ = ["GenerationStats", "format_bytes", "WAN_FRAMES_PER_LATENT"]
+
+WAN_FRAMES_PER_LATENT = 4  # Wan2.1's VAE: 4 video frames per latent frame, the first one alone
 
 
 def format_bytes(n: float) -> str:
@@ -24,7 +26,10 @@ def format_bytes(n: float) -> str:
 @dataclass
 class GenerationStats:
     """``policy``: the base cache in words; ``dummy_forcing``: Dummy Forcing's settings (None:
-    off); ``loop``: which AR loop ran the video (the pack's sampler or ComfyUI's)."""
+    off; ``["preset"]`` names the preset they are, or "custom"); ``loop``: which AR loop ran the
+    video (the pack's sampler or ComfyUI's); ``frames_per_latent``: video frames per latent
+    frame, the latent format's (the node that runs the model sets it: 4 for Wan's VAE, 1 for
+    the tiny model's codec), which FPS counts in."""
 
     fingerprint: dict
     latent_hw: tuple[int, int]
@@ -48,6 +53,7 @@ class GenerationStats:
     attn_flops_full: int = 0
     prompt_switches: list[dict] = field(default_factory=list)  # chunk, frame, recache, passes, seconds, ...
     ranks: list[dict] = field(default_factory=list)  # head-parallel: per rank heads_per_layer, kv_bytes, attn_flops
+    frames_per_latent: int = WAN_FRAMES_PER_LATENT
 
     @classmethod
     def start(cls, geometry, plan, base, dummy_forcing: dict | None, loop: str = "AR Video Sampler") -> "GenerationStats":
@@ -79,15 +85,17 @@ class GenerationStats:
         tail = self.chunk_seconds[start:]
         return tail or self.chunk_seconds
 
-    def fps(self, frames_per_latent: int = 4) -> tuple[float, float]:
-        """(steady-state FPS, whole-clip FPS) in video frames (4 per latent frame, Wan VAE)."""
+    def fps(self) -> tuple[float, float]:
+        """(steady-state FPS, whole-clip FPS) in video frames, :attr:`frames_per_latent` per
+        latent frame but the first, which decodes to one (Wan's causal VAE; 1:1 codecs alike)."""
         steady = self.steady_chunk_seconds()
         if not steady or not self.chunk_seconds:
             return 0.0, 0.0
+        r = self.frames_per_latent
         med = sorted(steady)[len(steady) // 2]
-        video_frames = frames_per_latent * (self.frames - 1) + 1  # Wan VAE keeps the first frame
+        video_frames = r * (self.frames - 1) + 1
         total = sum(self.chunk_seconds)
-        return (frames_per_latent * self.chunk_frames / med if med > 0 else 0.0,
+        return (r * self.chunk_frames / med if med > 0 else 0.0,
                 video_frames / total if total > 0 else 0.0)
 
     def type_counts(self) -> list[TypeCount]:
@@ -114,7 +122,8 @@ class GenerationStats:
             lines.append(f"dummy forcing: dummy heads {heads} scope={df['scope']} ar_start={df['ar_start']} "
                          f"L={df['neighbor_chunks']} sink={df['sink_frames']} "
                          f"packing={'on' if df['context_packing'] else 'off'} "
-                         f"long_context={df['long_context_frames']} head profile={df['head_profile']}")
+                         f"long_context={df['long_context_frames']} head profile={df['head_profile']} "
+                         f"preset={df.get('preset', 'custom')}")
         else:
             lines.append("dummy forcing: off")
         ratio = self.kv_full_bytes / self.kv_bytes if self.kv_bytes else float("inf")
@@ -126,7 +135,8 @@ class GenerationStats:
         steady, clip = self.fps()
         secs = ", ".join(f"{s:.3f}" for s in self.chunk_seconds)
         lines.append(f"seconds per chunk (DiT only, VAE excluded): {secs}")
-        lines.append(f"FPS (16 fps video frames, DiT only): steady {steady:.2f}, whole clip {clip:.2f}")
+        lines.append(f"FPS (video frames, {self.frames_per_latent} per latent frame; DiT only): steady {steady:.2f}, "
+                     f"whole clip {clip:.2f}")
         if self.dummy_forcing:
             lines.append(f"profiling: {1000 * self.profile_seconds:.1f} ms, cache regroup {1000 * self.regroup_seconds:.1f} ms"
                          + (f", per-head cache from chunk {self.switch_chunk}" if self.switch_chunk is not None else ""))

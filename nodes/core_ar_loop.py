@@ -37,12 +37,13 @@ import comfy.patcher_extension
 from dummy_forcing_core.errors import SettingError, check_finite
 from dummy_forcing_core.geometry import ModelGeometry, check_latent
 from dummy_forcing_core.sampler import SamplerSettings, check_output, plan_run
+from dummy_forcing_core.stats import WAN_FRAMES_PER_LATENT
 from dummy_forcing_core.video_session import VideoSession
 
 from . import model_loading
 from .node_errors import node_errors
 
-__all__ = ["CACHE_SPEC_KEY", "PROMPT_START_KEY", "is_causal_ar", "install", "last_stats"]
+__all__ = ["CACHE_SPEC_KEY", "PROMPT_START_KEY", "is_causal_ar", "install", "last_stats", "frames_per_latent"]
 
 CACHE_SPEC_KEY = "dummy_forcing"           # transformer_options[...] -> CacheSpec (the model's settings)
 SESSION_KEY = "dummy_forcing_session"      # transformer_options[...] -> the running video's driver
@@ -85,6 +86,14 @@ def install(model) -> None:
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, HOOK_KEY, hooks.sampler_sample)
     model.add_object_patch("diffusion_model.init_kv_caches", hooks.init_kv_caches)
     model.add_object_patch("diffusion_model.forward", hooks.forward)
+
+
+def frames_per_latent(model) -> int:
+    """Video frames per latent frame of the MODEL's latent format (its ``temporal_downscale_ratio``:
+    Wan's 4, the tiny model's codec 1); Wan's 4 where the host's formats do not say (0.3.x)."""
+    fmt = getattr(getattr(model, "model", None), "latent_format", None)
+    r = getattr(fmt, "temporal_downscale_ratio", None)
+    return r if isinstance(r, int) and not isinstance(r, bool) and r >= 1 else WAN_FRAMES_PER_LATENT
 
 
 def last_stats(model):
@@ -186,6 +195,7 @@ class CoreARHooks:
                 stats = driver.session.close()
             driver.verify()
             check_output(out)
+        stats.frames_per_latent = frames_per_latent(guider.model_patcher)
         self.last_stats = stats
         return out
 
