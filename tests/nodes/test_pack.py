@@ -72,7 +72,7 @@ EXPECTED_INPUTS = {
                           "warmup_cache", "profile_sink_frames", "preset"],
     "ProfileHeads": ["model", "conditioning", "latent", "seed", "runs_per_prompt", "ar_start", "chunks_to_profile",
                      "sink_frames", "frames_per_chunk", "denoise_timesteps", "steps", "shift", "sample_fraction",
-                     "preview_dummy_heads", "save_name"],
+                     "preview_dummy_heads", "save_name", "profile_sink_frames"],
     "ARCachePolicy": ["model", "cache", "sink_frames", "window_frames"],
     "ARPromptStart": ["conditioning", "start", "unit"],
     "LoadHeadProfile": ["profile_name"],
@@ -99,7 +99,7 @@ DEFAULTS = {
     "ARPromptStart": dict(start=5.0, unit="seconds"),
     "ProfileHeads": dict(seed=0, runs_per_prompt=1, ar_start=1, chunks_to_profile=1, sink_frames=1,
                          frames_per_chunk=3, denoise_timesteps="1000,750,500,250", steps=4, shift=0.0,
-                         sample_fraction=0.25, preview_dummy_heads=0.5, save_name=""),
+                         sample_fraction=0.25, preview_dummy_heads=0.5, save_name="", profile_sink_frames=0),
 }
 
 
