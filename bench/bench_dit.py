@@ -475,6 +475,45 @@ def table(rows, dev):
     return "\n".join(lines)
 
 
+def att8_rows(args, model, ctx, dtype, dev, res_table, fp8mm, log, over_budget):
+    """The same videos with each 8-bit attention backend; latents compared with 'off' (same noise)."""
+    rows, base = [], {}
+    backends = [b for b in args.attention_8bit.split(",") if b]
+    if "off" in backends:  # the reference first
+        backends = ["off"] + [b for b in backends if b != "off"]
+    for res in [r for r in args.att8_resolutions.split(",") if r]:
+        hw = res_table[res]
+        log(f"\n## 8-bit attention, {res} ({hw[0] * hw[1] // 4} tokens/frame)")
+        for b in backends:
+            if over_budget():
+                log(f"time budget reached: skipping {res} {b}")
+                continue
+            r = ChunkRunner(model, dtype=dtype, device=dev,
+                            fast=FastOptions(attention=args.attention, fp8_matmul=fp8mm, attention_8bit=b))
+            ran = r.fast_path.attention_backend if r.fast_path is not None else "reference loop"
+            variants = [v for v in args.att8_variants.split(",") if v]
+            warmup(r, ctx, hw, variants, dev, args.frames)
+            for name in variants:
+                try:
+                    row, out = run_variant(r, ctx, hw, args.frames, name, dev)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    log(f"{res} {name} {b}: OOM")
+                    continue
+                row.update(res=res, attention_8bit=b, backend_ran=ran)
+                if b == "off":
+                    base[(res, name)] = out.latent
+                elif (res, name) in base:
+                    row["latent_rel_diff_vs_off"] = rel(out.latent, base[(res, name)])
+                rows.append(row)
+                log(f"{res} {LABELS[name]:36s} 8-bit {b:6s} (ran: {ran}) steady {row['fps_steady']:6.2f} FPS "
+                    f"({1000 * row['steady_median_s']:.0f} ms/chunk), clip {row['fps_clip']:6.2f} FPS"
+                    + (f", latent rel diff vs off {row['latent_rel_diff_vs_off']:.2e}"
+                       if "latent_rel_diff_vs_off" in row else ""))
+            del r
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -499,6 +538,10 @@ def main(argv=None):
     ap.add_argument("--switch-frames", type=int, default=33, help="latent frames of the prompt-switch videos")
     ap.add_argument("--warmup", default="variants", choices=("variants", "short", "none"))
     ap.add_argument("--attention", default="auto", help="SDPA backend of the fast path")
+    ap.add_argument("--attention-8bit", default="", help="comma list of 8-bit attention backends (off,triton,sage): "
+                    "--att8-variants at --att8-resolutions once per backend, latents compared with 'off'")
+    ap.add_argument("--att8-variants", default="df")
+    ap.add_argument("--att8-resolutions", default="480p")
     ap.add_argument("--out", default=None, help="JSON results file")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds; skip remaining work past it (0: none)")
     args = ap.parse_args(argv)
@@ -615,6 +658,9 @@ def main(argv=None):
                         f"{chk['speedup_fast_vs_reference']:.2f}x")
         for r in results["runs"] + results["reference_runs"]:
             r.pop("_latent", None)
+
+    if args.attention_8bit and not over_budget():
+        results["attention_8bit"] = att8_rows(args, model, ctx, dtype, dev, res_table, fp8mm, log, over_budget)
 
     if args.ablate and not over_budget():
         hw = res_table["480p"]

@@ -81,10 +81,13 @@ def attend(cache: KVCache, layer_index: int, q: torch.Tensor, k: torch.Tensor, v
 
 
 def attend_ordered(cache: KVCache, layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                   probe=None, side_stream=None) -> torch.Tensor:
+                   probe=None, side_stream=None, kernel=None) -> torch.Tensor:
     """Like :func:`attend` with q, k, v and the result in the layer's *storage order*, so each
     group is a contiguous slice of heads. ``side_stream`` (CUDA): groups after the first run
-    on it, overlapping the first group's attention (the calling stream waits for it)."""
+    on it, overlapping the first group's attention (the calling stream waits for it).
+    ``kernel(out, q, keys, values)``: writes a group's attention into ``out`` (q / out
+    [B, L, h, D] slices, keys / values [B, h, Lk, D]); default SDPA (``attention_8bit``
+    has the 8-bit ones)."""
     layer = cache.layers[layer_index]
     B, L, H, D = q.shape
     _count_full(cache, layer, B, L, H, D)
@@ -97,6 +100,8 @@ def attend_ordered(cache: KVCache, layer_index: int, q: torch.Tensor, k: torch.T
         if probe is not None:
             probe(qt, keys, g)
         cache.flops.done += 4 * B * H * L * keys.shape[2] * D
+        if kernel is not None:
+            return kernel(torch.empty((B, L, H, D), dtype=q.dtype, device=q.device), q, keys, values)
         return F.scaled_dot_product_attention(qt, keys, values).transpose(1, 2)
     out = torch.empty((B, L, H, D), dtype=q.dtype, device=q.device)
     main = None
@@ -108,8 +113,11 @@ def attend_ordered(cache: KVCache, layer_index: int, q: torch.Tensor, k: torch.T
         with ctx:
             keys, values = g.write(k[:, :, a:b].transpose(1, 2), v[:, :, a:b].transpose(1, 2))
             cache.flops.done += 4 * B * (b - a) * L * keys.shape[2] * D
-            out[:, :, a:b] = F.scaled_dot_product_attention(q[:, :, a:b].transpose(1, 2), keys,
-                                                            values).transpose(1, 2)
+            if kernel is not None:
+                kernel(out[:, :, a:b], q[:, :, a:b], keys, values)
+            else:
+                out[:, :, a:b] = F.scaled_dot_product_attention(q[:, :, a:b].transpose(1, 2), keys,
+                                                                values).transpose(1, 2)
     if main is not None:
         main.wait_stream(side_stream)
     return out

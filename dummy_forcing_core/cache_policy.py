@@ -24,7 +24,7 @@ by ComfyUI's ``sample_ar_video``) asks the policy:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .chunk_plan import ChunkPlan
@@ -95,10 +95,13 @@ class CacheSpec:
     ``base``, what every head keeps until Dummy Forcing regroups the cache (None: not set,
     a full cache), and
     ``dummy_forcing``, a ``dummy_forcing.DummyForcingConfig`` or None (it imports this module,
-    so the field is duck-typed: ``check_model(geometry)``, ``start(geometry, plan, base)``)."""
+    so the field is duck-typed: ``check_model(geometry)``, ``start(geometry, plan, base)``), and
+    ``attention_8bit``, Apply Dummy Forcing's choice of 8-bit self-attention
+    (``attention_8bit.BACKENDS``; None: not set, the host decides)."""
 
     base: Retention | None = None
     dummy_forcing: Any = None
+    attention_8bit: str | None = None
 
     @property
     def base_retention(self) -> Retention:
@@ -115,7 +118,10 @@ class CacheSpec:
         return self.dummy_forcing.start(geometry, plan, self.base_retention)
 
     def with_base(self, base: Retention) -> "CacheSpec":
-        return CacheSpec(base, self.dummy_forcing)
+        return replace(self, base=base)
 
     def with_dummy_forcing(self, cfg: Any) -> "CacheSpec":
-        return CacheSpec(self.base, cfg)
+        return replace(self, dummy_forcing=cfg)
+
+    def with_attention_8bit(self, choice: str | None) -> "CacheSpec":
+        return replace(self, attention_8bit=choice)

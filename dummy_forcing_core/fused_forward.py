@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import attention_8bit
 from .attention import ATTENTION_CHOICES, attend_ordered, attention_backends
 from .cuda_graphs import PassGraphs
 from .fast_kernels import residual_norm_modulate, rms_norm_rope
@@ -62,7 +63,10 @@ class FastOptions:
         ``max_graphs`` graphs (each with its memory pool) are kept. A capture failure turns
         graphs off for the runner (``FusedForward.graphs.error``).
     fp8_matmul: fp8 weights (``fp8.py``) multiply in fp8 where the GPU can (ComfyUI's
-        fp8_e4m3fn_fast); off: they are cast to the compute dtype one layer at a time."""
+        fp8_e4m3fn_fast); off: they are cast to the compute dtype one layer at a time.
+    attention_8bit: the self-attention calls in 8 bits (``attention_8bit.py``): off (exact,
+        SDPA), auto (the fastest backend that runs here), triton, sage; one that cannot run
+        here falls back to off with one log line. Cross-attention (text) stays SDPA."""
 
     fused_kernels: bool = True
     fuse_qkv: bool = True
@@ -75,8 +79,11 @@ class FastOptions:
     cuda_graphs: bool = True
     max_graphs: int = 2
     fp8_matmul: bool = False
+    attention_8bit: str = "off"
 
     def __post_init__(self):
+        if self.attention_8bit not in attention_8bit.BACKENDS:
+            raise ValueError(f"attention_8bit must be one of {attention_8bit.BACKENDS}, got {self.attention_8bit!r}")
         if self.attention not in ATTENTION_CHOICES:
             raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
         if self.max_graphs < 1:
@@ -386,6 +393,19 @@ class FusedForward:
         return y.contiguous(), grid
 
     # -- the forward --------------------------------------------------------------------------
+    @property
+    def attention_backend(self) -> str:
+        """The 8-bit attention backend that runs (``attention_8bit.resolve``): off, triton, sage."""
+        if not hasattr(self, "_att8"):
+            self._att8 = attention_8bit.resolve(self.opts.attention_8bit, self.device, self.g.head_dim, self.dtype)
+        return self._att8
+
+    def _attention_kernel(self):
+        backend = self.attention_backend
+        if backend == "off":
+            return None
+        return lambda out, q, k, v: attention_8bit.attention_8bit(backend, out, q, k, v)
+
     def _use_graphs(self) -> bool:
         return self.opts.cuda_graphs and self.graphs.error is None and self.device.type == "cuda"
 
@@ -456,7 +476,7 @@ class FusedForward:
                     q, k, v = q[:, :, :n], k[:, :, :n], v[:, :, :n]
                 att = attend_ordered(cache, i, q, k, v, None if probe is None else
                                      (lambda qq, kk, grp, i=i: _probe_default_sdpa(probe, i, qq, kk, grp, self.device)),
-                                     side_stream=side)
+                                     side_stream=side, kernel=self._attention_kernel())
                 if layer.partial:
                     y = self._partial_out(att, lw, H)
                 else:

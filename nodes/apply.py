@@ -7,10 +7,12 @@ from comfy_api.latest import io
 
 from dummy_forcing_core.cache_policy import CacheSpec
 from dummy_forcing_core.dummy_forcing import CUSTOM, PRESETS, WARMUP_CACHES, DummyForcingConfig
+from dummy_forcing_core.errors import SettingError
 from dummy_forcing_core.head_program import SCOPES
 
 from . import comfy_glue as glue
 from . import widgets as w
+from .model_loading import ATTENTION_8BIT_CHOICES
 from .node_errors import node_errors
 
 NAME = "Apply Dummy Forcing"
@@ -125,6 +127,14 @@ class ApplyDummyForcing(io.ComfyNode):
                     "LongLive 3); the other widgets (profile rows and seed, long_context_frames, head_profile, "
                     "re-profiling) still apply. CausVid and Krea Realtime 14B were not published by the authors: "
                     "they get Self Forcing's settings (our choice). To edit a preset's value, pick 'custom'."),
+                io.Combo.Input(
+                    "attention_8bit", options=list(ATTENTION_8BIT_CHOICES), default="comfyui", optional=True,
+                    tooltip="Self-attention in 8 bits (int8 q.k, 16-bit p.v; about 2% off bf16 attention, a latent "
+                    "about 2% off). 'comfyui' (default): on (sageattention) when ComfyUI was started with "
+                    "--use-sage-attention, else off. 'off': exact bf16 attention. 'auto': the pack's Triton kernel "
+                    "on GeForce-class GPUs (RTX 40 / 50), off on data-center GPUs, where cuDNN's bf16 attention is "
+                    "faster (measured on an H200). 'triton' / 'sage': that kernel. One that cannot run here "
+                    "(CPU, older GPU, package missing) falls back to exact attention with one log line."),
             ],
             outputs=[io.Model.Output(display_name="MODEL", tooltip="A clone of the model that AR Video Sampler runs "
                                      "with Dummy Forcing.")],
@@ -134,7 +144,7 @@ class ApplyDummyForcing(io.ComfyNode):
     def execute(cls, model, dummy_heads, dummy_head_count, scope, normalised_cost, ar_start, neighbor_chunks,
                 sink_frames, context_packing, profile_sample_fraction, profile_seed, long_context_frames,
                 head_profile=None, reprofile_on_prompt_switch=False, neighbor_skips_sink=True, warmup_cache="base",
-                profile_sink_frames=0, preset=CUSTOM) -> io.NodeOutput:
+                profile_sink_frames=0, preset=CUSTOM, attention_8bit="comfyui") -> io.NodeOutput:
         with node_errors(NAME):
             geom = glue.wan_geometry(model)
             cfg = DummyForcingConfig(
@@ -147,7 +157,10 @@ class ApplyDummyForcing(io.ComfyNode):
                 neighbor_skips_sink=bool(neighbor_skips_sink), warmup_cache=warmup_cache,
                 profile_sink_frames=int(profile_sink_frames)).with_preset(preset)
             cfg.check_model(geom)
-            spec = (glue.cache_spec_of(model) or CacheSpec()).with_dummy_forcing(cfg)
+            if attention_8bit not in ATTENTION_8BIT_CHOICES:
+                raise SettingError("dummy_forcing", "attention_8bit", f"'attention_8bit' must be one of "
+                                   f"{list(ATTENTION_8BIT_CHOICES)}, got {attention_8bit!r}")
+            spec = (glue.cache_spec_of(model) or CacheSpec()).with_dummy_forcing(cfg).with_attention_8bit(attention_8bit)
             return io.NodeOutput(glue.with_cache_spec(model, spec))
 
 

@@ -346,5 +346,5 @@ def prepare_run(model, latent, conditioning, conditioning_name: str, settings: S
     progress.check()
     B, C, _, Hh, Ww = samples.shape
     runner = model_loading.load_runner(model_loading.runnable(model), (B, C, settings.chunk_frames, Hh, Ww),
-                                       plan.kv_bytes)
+                                       plan.kv_bytes, getattr(spec, "attention_8bit", None))
     return PreparedRun(runner, samples, contexts, plan, progress, prompts)

@@ -222,7 +222,7 @@ class CoreARHooks:
             if chunk < 1:
                 raise SettingError("sampler", "num_frame_per_block", f"'num_frame_per_block' must be >= 1, got "
                                    f"{chunk}")
-            runner = model_loading.make_runner(guider.model_patcher)
+            runner = model_loading.make_runner(guider.model_patcher, spec.attention_8bit)
             _check_video_latent(shape, runner.geometry, n_init, spec)
             spec.check_model(runner.geometry)
             settings = SamplerSettings(chunk_frames=chunk, sigmas=tuple(s[:-1]))

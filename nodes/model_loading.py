@@ -20,16 +20,18 @@ import torch
 
 import comfy.model_management
 
+from dummy_forcing_core.attention_8bit import BACKENDS as _BACKENDS_8BIT
 from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.fused_forward import FastOptions
 
-__all__ = ["compute_dtype", "fp8_fast", "make_runner", "load_runner", "runnable", "runnable_clone", "streams_weights"]
+__all__ = ["ATTENTION_8BIT_CHOICES", "attention_8bit_choice", "compute_dtype", "fp8_fast", "make_runner", "load_runner", "runnable", "runnable_clone", "streams_weights"]
 
 log = logging.getLogger("dummy_forcing")
 
 # the user's torch model (a patcher's .model) -> its non-dynamic delegate's model override
 _DELEGATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _SAID: set[str] = set()
+ATTENTION_8BIT_CHOICES = ("comfyui",) + _BACKENDS_8BIT  # Apply Dummy Forcing's attention_8bit widget
 RESERVE_FRACTION = 0.15  # of the card kept for the KV cache and activations when deciding "fits"
 
 
@@ -118,11 +120,24 @@ def runnable(model):
     return model if d is None else d
 
 
-def make_runner(model) -> ChunkRunner:
+def attention_8bit_choice(choice: str | None) -> str:
+    """Apply Dummy Forcing's ``attention_8bit`` widget -> the core's backend choice
+    (``attention_8bit.BACKENDS``): 'comfyui' or not set follows ComfyUI's --use-sage-attention
+    (sageattention with it, else off)."""
+    if choice in (None, "comfyui"):
+        enabled = getattr(comfy.model_management, "sage_attention_enabled", None)
+        return "sage" if enabled is not None and enabled() else "off"
+    return choice
+
+
+def make_runner(model, attention_8bit: str | None = None) -> ChunkRunner:
     """The core's runner over the MODEL's (loaded) diffusion model; fp8 products when the user
-    asked ComfyUI for them."""
+    asked ComfyUI for them; ``attention_8bit``: the model's CacheSpec choice (see
+    :func:`attention_8bit_choice`)."""
     dev, dtype = torch.device(model.load_device), compute_dtype(model)
-    fast = FastOptions(fp8_matmul=True) if _fused_forward_possible(model) and fp8_fast(model) else None
+    fast = None
+    if _fused_forward_possible(model):
+        fast = FastOptions(fp8_matmul=fp8_fast(model), attention_8bit=attention_8bit_choice(attention_8bit))
     runner = ChunkRunner(model.model.diffusion_model, dtype=dtype, device=dev, fast=fast)
     if runner.fast_path is None and _fused_forward_possible(model):
         if streams_weights(model):
@@ -136,7 +151,7 @@ def make_runner(model) -> ChunkRunner:
     return runner
 
 
-def load_runner(model, chunk_shape=None, extra_bytes: int = 0) -> ChunkRunner:
+def load_runner(model, chunk_shape=None, extra_bytes: int = 0, attention_8bit: str | None = None) -> ChunkRunner:
     """Load the MODEL through ComfyUI's model management (weights, LoRA patches, offload), asking
     for room for a chunk's activations (``chunk_shape``) plus ``extra_bytes`` (the KV cache), and
     wrap its diffusion model in the core's ChunkRunner on the load device."""
@@ -147,4 +162,4 @@ def load_runner(model, chunk_shape=None, extra_bytes: int = 0) -> ChunkRunner:
         except Exception:  # an estimate only
             pass
     comfy.model_management.load_models_gpu([model], memory_required=need, minimum_memory_required=need)
-    return make_runner(model)
+    return make_runner(model, attention_8bit)

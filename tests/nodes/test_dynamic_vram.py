@@ -26,9 +26,9 @@ def loading(comfy_is_stub, monkeypatch):
     used = []
     real = mod.make_runner
 
-    def spy(model):
+    def spy(model, *args):
         used.append(model)
-        return real(model)
+        return real(model, *args)
 
     monkeypatch.setattr(mod, "make_runner", spy)
     mod.used = used
