@@ -4,8 +4,19 @@
 :class:`~dummy_forcing_core.kv_cache.KVCache`. The reference loop is ``wan_blocks.wan_forward``
 with self-attention over the cache (``attention.attend``); on CUDA in bf16/fp16 the fused
 forward (``fused_forward.py``) computes the same with fewer passes over memory.
+
+A *warm* runner (``warm=True``, the warm start from the second run) keeps between videos of
+one shape what a new video would otherwise rebuild: the video's KV cache (reset, not
+reallocated: :meth:`KVCache.reset`), the text K/V buffers (refilled), the fused forward's
+CUDA graphs and the derived weights of its base and its last head order. :meth:`start_video`
+hands out that cache after checking the model's weights are the same tensors, unchanged
+(otherwise the graphs and derived weights are dropped); :meth:`end_video` keeps it only for
+a video that finished, else drops everything (:meth:`drop_warm`); :meth:`warm_bytes` says what
+is held.
 """
 from __future__ import annotations
+
+import itertools
 
 import torch
 
@@ -29,9 +40,15 @@ class ChunkRunner:
     turns it on with those switches. Results agree with the reference loop to the compute
     dtype's rounding."""
 
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None, device=None, fast=None):
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None, device=None, fast=None,
+                 warm: bool = False):
         self.geometry = ModelGeometry.of(model)
         self.model = model
+        self.warm = bool(warm)
+        self._video_cache: tuple[tuple, KVCache] | None = None  # warm: (its make, the cache) start_video gave
+        self._parked: KVCache | None = None                # warm: that cache between videos
+        self._text: TextCache | None = None                # warm: the text K/V buffers prompts are copied into
+        self._weights_seen: tuple | None = None            # warm: weights_signature() at the last video's start
         w = model.blocks[0].self_attn.q.weight
         self.dtype = dtype or (w.dtype if w.dtype.is_floating_point and w.element_size() >= 2 else torch.float32)
         self.device = torch.device(device) if device is not None else w.device
@@ -50,6 +67,7 @@ class ChunkRunner:
             fp = FusedForward(model, self.geometry, self.dtype, self.device, opts)
             if fp.supported:
                 self.fast_path, self.fast_reason = fp, "on"
+                fp.orders_kept = 2 if self.warm else 1
             else:
                 self.fast_reason = fp.reason
 
@@ -90,18 +108,98 @@ class ChunkRunner:
         """The reference loop's self-attention of one layer ([B, L, H, D] in and out)."""
         return attend(cache, layer, q, k, v, probe)
 
-    def end_video(self) -> None:
-        """Drop per-video state: the fused forward's CUDA graphs read the video's cache buffers
-        and keep them (and their memory pools) alive until dropped. A video session calls this
-        when the video ends, finished or not."""
+    def start_video(self, batch: int, height: int, width: int, total_frames: int, chunk_frames: int,
+                    retention: Retention = FULL, capacity_frames: int | None = None) -> KVCache:
+        """The KV cache of a new video (arguments as :meth:`new_cache`). Warm: the last video's
+        cache, reset, when it was made alike (else a new recycling one), after dropping the
+        graphs and derived weights if the model's weights changed (:meth:`weights_changed`)."""
+        if self.fast_path is not None:
+            self.fast_path.graphs.new_video()
+        if not self.warm:
+            return self.new_cache(batch, height, width, total_frames, chunk_frames, retention, capacity_frames)
+        if self.weights_changed():
+            self._drop_weight_state()
+        self._weights_seen = self.weights_signature()
+        make = (batch, height, width, total_frames, chunk_frames, retention, capacity_frames)
+        parked, self._parked = self._parked, None
+        if parked is not None and self._video_cache is not None and self._video_cache[0] == make:
+            parked.reset()
+            self._video_cache = (make, parked)
+            return parked
+        self._video_cache = None
+        if parked is not None and self.fast_path is not None:  # its graphs read the cache dropped here
+            self.fast_path.graphs.release()
+        del parked
+        g = self.geometry
+        cache = KVCache.create(g.num_layers, g.num_heads, g.head_dim, self.tokens_per_frame(height, width),
+                               chunk_frames, total_frames, retention, batch, self.dtype, self.device,
+                               capacity_frames=capacity_frames, recycle=True)
+        self._video_cache = (make, cache)
+        return cache
+
+    def end_video(self, cache: KVCache | None = None, finished: bool = False) -> None:
+        """A video ended. Warm and ``finished``: keep ``cache`` (the one :meth:`start_video` gave)
+        and the graphs that read it for the next video. Otherwise (cancelled, failed, or not
+        warm) drop per-video state: the fused forward's CUDA graphs read the video's cache
+        buffers and keep them (and their memory pools) alive until dropped; a warm runner
+        drops everything it kept (:meth:`drop_warm`). A video session calls this when the
+        video ends, finished or not."""
+        if self.warm and finished and cache is not None and self._video_cache is not None \
+                and self._video_cache[1] is cache:
+            self._parked = cache
+            return
+        self.drop_warm()
+
+    def drop_warm(self) -> None:
+        """Free everything kept between videos: the parked cache, the text buffers, the CUDA
+        graphs and the derived weights (rebuilt on demand)."""
+        self._parked = self._video_cache = None
+        self._text = None
+        self._weights_seen = None
         if self.fast_path is not None:
             self.fast_path.graphs.release()
+            if self.warm:
+                self.fast_path.clear()
+
+    def weights_signature(self) -> tuple:
+        """Every parameter and buffer of the model: object, address, in-place version, device
+        and dtype (a CUDA graph and the derived weights read them by address)."""
+        return tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype)
+                     for t in itertools.chain(self.model.parameters(), self.model.buffers()))
+
+    def weights_changed(self) -> bool:
+        """Whether a weight was replaced, moved or changed in place since the last video started."""
+        return self._weights_seen is not None and self._weights_seen != self.weights_signature()
+
+    def _drop_weight_state(self) -> None:
+        if self.fast_path is not None:
+            self.fast_path.graphs.release()
+            self.fast_path.clear()
+
+    def warm_bytes(self) -> dict[str, int]:
+        """Bytes kept between videos: ``kv`` (the parked cache's buffers, base and pool
+        included), ``text`` (K/V buffers), ``graphs`` (their pools, as counted at capture),
+        ``weights`` (derived copies); ``total``."""
+        fp = self.fast_path
+        out = {"kv": self._parked.reserved_bytes() if self._parked is not None else 0,
+               "text": self._text.nbytes() if self._text is not None else 0,
+               "graphs": fp.graphs.held_bytes() if fp is not None else 0,
+               "weights": fp.derived_bytes() if fp is not None else 0}
+        out["total"] = sum(out.values())
+        return out
 
     def encode_text(self, context: torch.Tensor) -> TextCache:
-        """context: [B, L_text, text_dim] (umT5 for real Wan models)."""
+        """context: [B, L_text, text_dim] (umT5 for real Wan models). Warm: copied into the
+        last prompt's buffers when the shapes match (same ``uid``: graphs keyed on it replay)."""
         if context.ndim != 3:
             raise ValueError(f"text context must be [B, tokens, dim], got shape {tuple(context.shape)}")
-        return text_cache(self.model, context.to(self.device), self.dtype)
+        text = text_cache(self.model, context.to(self.device), self.dtype)
+        if not self.warm:
+            return text
+        if self._text is not None and self._text.fits(text):
+            return self._text.refill(text)
+        self._text = text
+        return text
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, start_frame: int, text: TextCache,
                 cache: KVCache, commit: bool = False, probe=None, position: int | None = None) -> torch.Tensor:

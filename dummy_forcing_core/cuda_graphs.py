@@ -13,8 +13,12 @@ hand: the scratch state the pass left (:meth:`KVCache.restore_scratch`), the FLO
 (:func:`attention.count_full_pass`).
 
 Graphs read the video's cache buffers and keep them alive: :meth:`PassGraphs.release` drops
-them (the runner does at the end of every video). Any capture failure turns graphs off for
-good (``error``) and the pass runs eagerly.
+them (the runner does at the end of every video, unless it is warm). A warm runner's next
+video of the same shape runs on the same cache object, reset (``KVCache.reset``: same
+buffers, and a regroup to the same layout reuses its groups), and the same text buffers
+(``TextCache.refill``): the graphs are kept and their keys (cache layout, ``TextCache.uid``)
+match again; :meth:`new_video` forgets only which passes were seen (when to capture). Any
+capture failure turns graphs off for good (``error``) and the pass runs eagerly.
 """
 from __future__ import annotations
 
@@ -48,6 +52,12 @@ class _GraphEntry:
     scratch: list          # KVCache.scratch_state() after the pass
     keep: tuple            # text K/V and weights the graph reads: kept alive with it
     fn: object = None      # the captured pass as a function (what a replay recomputes; tests)
+    pool_bytes: int = 0    # device memory the capture allocated (its pool), as the allocator counts it
+
+
+def _allocated(device) -> int:
+    """The allocator's count of device memory in use (a host-side counter: no sync)."""
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" and torch.cuda.is_available() else 0
 
 
 def _release_if_owner(graphs_ref, owner_ref):
@@ -75,6 +85,14 @@ class PassGraphs:
         self._uses.clear()
         self._owner = None
 
+    def new_video(self):
+        """A new video starts: forget which passes were seen (graphs stay; see the module doc)."""
+        self._uses.clear()
+
+    def held_bytes(self) -> int:
+        """Device memory the kept graphs' pools took when captured."""
+        return sum(e.pool_bytes for e in self._graphs.values())
+
     def run(self, x, timesteps, rope, cache, text, eager, keep=()):
         """The pass ``eager(x, timesteps, rope, cache, text)`` -> (out, grid), replayed, captured
         or run eagerly on the capture stream; ``keep``: objects a captured graph must outlive."""
@@ -83,7 +101,7 @@ class PassGraphs:
             self.release()
             self._owner = weakref.ref(cache)
             weakref.finalize(cache, _release_if_owner, weakref.ref(self), self._owner)
-        key = (tuple(x.shape), x.dtype, tuple(timesteps.shape), timesteps.dtype, tuple(rope.cos.shape), id(text),
+        key = (tuple(x.shape), x.dtype, tuple(timesteps.shape), timesteps.dtype, tuple(rope.cos.shape), text.uid,
                cache.layout_key())
         entry = self._graphs.get(key)
         if entry is not None:
@@ -127,10 +145,12 @@ class PassGraphs:
             return eager(sx, st, RopeTable(scos, ssin), cache, text)
 
         graph = torch.cuda.CUDAGraph()
+        before = _allocated(self.device)
         with CAPTURE_LOCK, torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
             out, grid = fn()
         self.stats["captures"] += 1
-        return _GraphEntry(graph, sx, st, scos, ssin, out, grid, 0, cache.scratch_state(), (text, keep), fn)
+        return _GraphEntry(graph, sx, st, scos, ssin, out, grid, 0, cache.scratch_state(), (text, keep), fn,
+                           _allocated(self.device) - before)
 
     def _replay(self, entry: _GraphEntry, x, timesteps, rope, cache, first: bool):
         entry.x.copy_(x)

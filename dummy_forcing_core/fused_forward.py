@@ -191,7 +191,9 @@ class FusedForward:
     def __init__(self, model: nn.Module, geometry, dtype: torch.dtype, device: torch.device,
                  options: FastOptions):
         self.model, self.g, self.dtype, self.device, self.opts = model, geometry, dtype, torch.device(device), options
-        self._weights: dict[int, _LayerWeights] = {}
+        self._weights: dict[int, _LayerWeights] = {}  # layer -> the weights its last pass read
+        self._kept: dict[int, dict[tuple, _LayerWeights]] = {}  # layer -> head order -> weights
+        self.orders_kept = 1  # head orders whose weights a layer keeps (a warm runner: its base and its last layout)
         self._casts: dict[int, tuple] = {}  # id(param) -> (its version, the param in the compute dtype)
         self._gelu_checked: bool | None = None
         self._consts: dict = {}
@@ -274,10 +276,13 @@ class FusedForward:
         srcs = (sa.q.weight, sa.q.bias, sa.k.weight, sa.k.bias, sa.v.weight, sa.v.bias, sa.o.weight, sa.o.bias,
                 sa.norm_q.weight, sa.norm_k.weight, fp8_scale(sa.q), fp8_scale(sa.k), fp8_scale(sa.v), fp8_scale(sa.o))
         key = (tuple(order),) + tuple(_version(t) for t in srcs)
-        w = self._weights.get(i)
+        kept = self._kept.setdefault(i, {})
+        w = kept.pop(key[0], None)
         if w is not None and w.key == key:
+            kept[key[0]] = self._weights[i] = w  # most recently used last
             return w
-        self._weights.pop(i, None)
+        while len(kept) >= self.orders_kept:  # oldest first
+            kept.pop(next(iter(kept)))
         H, D, C = self.g.num_heads, self.g.head_dim, self.g.dim
         # a partial layer (head-parallel) lists only this process's heads; q / k / v are still
         # made for every head (the RMSNorm spans the whole row), this process's heads first
@@ -315,13 +320,28 @@ class FusedForward:
                 gather = torch.tensor(order, dtype=torch.long, device=self.device)
                 scatter = torch.argsort(gather)
         w = _LayerWeights(key, qkv, q, k, v, nq, nk, o, gather, scatter)
-        self._weights[i] = w
+        kept[key[0]] = self._weights[i] = w
         return w
 
     def clear(self):
         """Drop derived weight copies (they are rebuilt on demand)."""
         self._weights.clear()
+        self._kept.clear()
         self._casts.clear()
+
+    def derived_bytes(self) -> int:
+        """Bytes of the derived weight copies kept (permuted / fused / cast), not the model's own."""
+        own = {p.data_ptr() for p in self.model.parameters()}
+        seen, total = set(), 0
+        kept = [w for per in self._kept.values() for w in per.values()]
+        tensors = [t for w in kept for lin in (w.qkv, w.q, w.k, w.v, w.o) if lin is not None for t in lin]
+        tensors += [t for w in kept for t in (w.nq, w.nk, w.gather, w.scatter)]
+        tensors += [c for _, c in self._casts.values()]
+        for t in tensors:
+            if torch.is_tensor(t) and t.data_ptr() not in own and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+        return total
 
     # -- pieces -----------------------------------------------------------------------------
     def _gelu_ok(self) -> bool:

@@ -16,7 +16,9 @@ the cache policy (``cache_policy.py``) and the statistics. Phases, per piece of 
   (``KVCache.regroup(..., source=...)``). That temporary cache stays until the next chunk's
   write: a policy that re-profiles after the switch (Dummy Forcing) probes that chunk over it;
 * :meth:`close` when the video ends, finished, cancelled or failed: the statistics are
-  filled and the cache, and the runner's CUDA graphs that read it, are freed.
+  filled and the cache, and the runner's CUDA graphs that read it, are freed; a warm runner
+  (``ChunkRunner(warm=True)``) keeps them for its next video when this one *finished* (its last
+  chunk written, or the policy's last chunk) and drops everything it kept otherwise.
 
 A chunk's time runs from its first :meth:`predict` to its :meth:`write`. To re-cache, the
 session keeps what each piece's cache pass was given (its latent and timesteps) while any of
@@ -47,7 +49,8 @@ class VideoSession:
         B, _, Fr, Hh, Ww = plan.shape
         self.runner, self.plan, self.policy = runner, plan, policy
         self.time_chunks = time_chunks
-        self.cache = runner.new_cache(B, Hh, Ww, Fr, plan.max_piece, policy.base, capacity_frames=policy.base_capacity())
+        self.cache = runner.start_video(B, Hh, Ww, Fr, plan.max_piece, policy.base,
+                                        capacity_frames=policy.base_capacity())
         self.stats = GenerationStats.start(runner.geometry, plan, policy.base, policy.describe(), loop)
         self.text: TextCache | None = None
         self.last_written: int | None = None  # the last generated chunk whose write() ran
@@ -56,6 +59,12 @@ class VideoSession:
         self._full_view: tuple[KVCache, list[int]] | None = None  # a re-cache's full cache and its frames
         self._chunk_t0: float | None = None
         self._closed = False
+
+    @property
+    def finished(self) -> bool:
+        """Every chunk was written (or the policy's last): the video ran to its end."""
+        last = len(self.plan.chunks) - 1
+        return self.done or (self.last_written is not None and self.last_written >= last)
 
     @property
     def done(self) -> bool:
@@ -174,10 +183,12 @@ class VideoSession:
         """End the video (idempotent): fill the statistics, free the cache and the graphs."""
         if not self._closed:
             self._closed = True
+            finished = False
             try:
                 self.stats.finish(self.cache)
+                finished = self.finished
             finally:
-                self.runner.end_video()
+                self.runner.end_video(self.cache, finished)
                 self.cache = None
                 self.text = None
                 self._written.clear()

@@ -16,7 +16,8 @@ H heads, D head dim, C = dim = H * D.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -69,12 +70,34 @@ def _per_frame(x: torch.Tensor, frames: int) -> torch.Tensor:
     return x.view(x.shape[0], frames, -1, x.shape[-1])
 
 
+_TEXT_IDS = itertools.count()
+
+
 @dataclass
 class TextCache:
     """Cross-attention K/V of the text context, computed once per prompt: per layer (k, v)
-    each [B, H, L_text, D]."""
+    each [B, H, L_text, D]. ``uid`` names these buffers (a CUDA graph that reads them is keyed
+    by it): :meth:`refill` puts another prompt's K/V into them and keeps it."""
 
     kv: list[tuple[torch.Tensor, torch.Tensor]]
+    uid: int = field(default_factory=lambda: next(_TEXT_IDS))
+
+    def fits(self, other: "TextCache") -> bool:
+        """Whether ``other``'s K/V have these buffers' shapes, dtypes and devices."""
+        def sig(t):
+            return tuple(t.shape), t.dtype, t.device
+        return len(self.kv) == len(other.kv) and all(
+            sig(a) == sig(c) and sig(b) == sig(d) for (a, b), (c, d) in zip(self.kv, other.kv))
+
+    def refill(self, other: "TextCache") -> "TextCache":
+        """Copy ``other``'s K/V into these buffers (``fits`` must hold); returns self."""
+        for (k, v), (k2, v2) in zip(self.kv, other.kv):
+            k.copy_(k2)
+            v.copy_(v2)
+        return self
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for kv in self.kv for t in kv)
 
 
 def text_cache(model, context: torch.Tensor, dtype) -> TextCache:

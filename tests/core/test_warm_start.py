@@ -1,0 +1,255 @@
+"""The warm start (issue 23): a ``ChunkRunner(warm=True)`` keeps its video's KV cache (reset),
+text buffers, CUDA graphs and derived weights between videos of one shape. Videos one after
+another on one warm runner equal the same videos on fresh runners, bit for bit (float64, the
+reference loop and the fused forward on the CPU): a new seed, a new prompt, a prompt switch,
+online profiling that gives other head types than the last video's. With a stand-in for CUDA
+graphs (replays recompute the captured pass, as in test_fast_path), the second video of a
+layout captures nothing. A cancelled or failed video leaves nothing kept; a weight changed
+between videos drops the graphs and derived weights."""
+from __future__ import annotations
+
+import contextlib
+import weakref
+
+import pytest
+import torch
+
+from helpers import make_tiny_wan
+from dummy_forcing_core import cuda_graphs, fused_forward, kv_cache
+from dummy_forcing_core.cache_policy import CacheSpec
+from dummy_forcing_core.chunk_runner import ChunkRunner
+from dummy_forcing_core.dummy_forcing import DummyForcingConfig
+from dummy_forcing_core.fused_forward import FastOptions
+from dummy_forcing_core.geometry import ModelGeometry
+from dummy_forcing_core.head_profile import HeadProfile
+from dummy_forcing_core.kv_cache import Retention
+from dummy_forcing_core.prompt_schedule import PromptSchedule
+from dummy_forcing_core.sampler import SamplerSettings, generate
+
+H_LAT, W_LAT = 4, 6
+SHAPE = (1, 16, 12, H_LAT, W_LAT)  # 4 chunks of 3: profiled at chunk 1, per-head from chunk 2
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_tiny_wan(layers=3, heads=4, head_dim=16, seed=7)
+
+
+def ctx(seed: int, scale: float = 1.0) -> torch.Tensor:
+    return scale * torch.randn(1, 5, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def df(**kw) -> CacheSpec:
+    return CacheSpec(dummy_forcing=DummyForcingConfig(dummy_heads=0.5, ar_start=1, profile_sample_fraction=1.0, **kw))
+
+
+def planted(model) -> CacheSpec:
+    """Dummy Forcing with a given head profile: every video gets these head types."""
+    types = [[0, 2, 1, 2], [1, 0, 2, 0], [1, 1, 1, 1]]
+    score = {0: (0.6, 0.1, 0.3), 1: (0.1, 0.6, 0.3), 2: (0.01, 0.02, 0.97)}
+    scores = torch.tensor([[score[t] for t in layer] for layer in types], dtype=torch.float32)
+    profile = HeadProfile(scores, ModelGeometry.of(model).fingerprint(), {"planted": True})
+    return CacheSpec(dummy_forcing=DummyForcingConfig(dummy_head_count=5, ar_start=1, head_profile=profile))
+
+
+# (prompt, seed) of videos in a row, profiled online: a new prompt whose profile gives the same head
+# types (checked below), a new seed that gives others, a new prompt and seed, the first again
+VIDEOS = [(ctx(1), 1), (ctx(1, 0.9), 1), (ctx(1), 2), (ctx(1), 1)]
+
+
+def settings(seed: int) -> SamplerSettings:
+    return SamplerSettings(chunk_frames=3, timesteps=(1000, 500), seed=seed)
+
+
+def assert_same(got, want, what: str):
+    assert torch.equal(got.latent, want.latent), what
+    assert got.stats.head_types == want.stats.head_types, what
+    assert got.stats.kv_bytes == want.stats.kv_bytes and got.stats.kv_allocated_bytes == want.stats.kv_allocated_bytes
+    assert got.stats.attn_flops == want.stats.attn_flops and got.stats.attn_flops_full == want.stats.attn_flops_full
+
+
+class _Counter:
+    """Counts head groups built (buffers allocated) while it is installed."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        real = kv_cache.HeadGroup.__init__
+
+        def init(group, *a, **kw):
+            self.n += 1
+            real(group, *a, **kw)
+
+        monkeypatch.setattr(kv_cache.HeadGroup, "__init__", init)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_videos_on_a_warm_runner_equal_fresh_runners(model, fast, monkeypatch):
+    fresh = [generate(ChunkRunner(model, fast=fast), c, SHAPE, settings(s), df()) for c, s in VIDEOS]
+    types = [f.stats.head_types for f in fresh]
+    assert types[0] == types[1] and types[1] != types[2], "the case needs profiles that differ (and one that does not)"
+    built = _Counter(monkeypatch)
+    warm = ChunkRunner(model, fast=fast, warm=True)
+    caches, groups = [], []
+    for i, ((c, s), want) in enumerate(zip(VIDEOS, fresh)):
+        before = built.n
+        got = generate(warm, c, SHAPE, settings(s), df())
+        assert_same(got, want, f"video {i}")
+        caches.append(warm._parked)
+        groups.append(built.n - before)
+        assert warm.warm_bytes()["kv"] == warm._parked.reserved_bytes() > 0
+    assert all(c is caches[0] for c in caches), "the cache was not kept"
+    assert groups[0] > 0 and groups[1] == 0, "a video like the last one allocated cache buffers"
+    assert groups[2] > 0  # other head types: new groups where a layer's layout differs
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_given_head_profile_reuses_everything(model, fast, monkeypatch):
+    """Profile Heads' workflow: the same head types every video; new seeds and prompts."""
+    built = _Counter(monkeypatch)
+    warm = ChunkRunner(model, fast=fast, warm=True)
+    for i, (c, s) in enumerate([(ctx(1), 1), (ctx(1), 2), (ctx(2), 3)]):
+        want = generate(ChunkRunner(model, fast=fast), c, SHAPE, settings(s), planted(model))
+        before = built.n
+        assert_same(generate(warm, c, SHAPE, settings(s), planted(model)), want, f"video {i}")
+        assert (built.n > before) == (i == 0)
+
+
+def test_a_prompt_switch_on_a_warm_runner(model):
+    """Re-cache passes and a re-profile after the switch: the text buffers are refilled, the
+    layout refilled in place; two videos equal two fresh runs."""
+    prompts = [PromptSchedule([(0, ctx(1)), (6, ctx(2))]), PromptSchedule([(0, ctx(4)), (6, -3 * ctx(5))])]
+    spec = df(reprofile_on_prompt_switch=True)
+    warm = ChunkRunner(model, fast=True, warm=True)
+    for i, p in enumerate(prompts + prompts[:1]):
+        want = generate(ChunkRunner(model, fast=True), p, SHAPE, settings(i), spec)
+        assert_same(generate(warm, p, SHAPE, settings(i), spec), want, f"video {i}")
+
+
+def test_other_shapes_and_policies_rebuild(model):
+    """A video of another length or cache policy does not get the kept cache (a new one is made)."""
+    warm = ChunkRunner(model, fast=True, warm=True)
+    runs = [(SHAPE, df()), ((1, 16, 15, H_LAT, W_LAT), df()), (SHAPE, CacheSpec(Retention(1, 3))), (SHAPE, df())]
+    kept = []
+    for shape, spec in runs:
+        want = generate(ChunkRunner(model, fast=True), ctx(1), shape, settings(1), spec)
+        assert_same(generate(warm, ctx(1), shape, settings(1), spec), want, str(shape))
+        kept.append(warm._parked)
+    assert len({id(c) for c in kept}) == len(kept)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["callback", "forward"])
+def test_a_cancelled_or_failed_video_drops_the_warm_state(model, where, monkeypatch):
+    warm = ChunkRunner(model, fast=True, warm=True)
+    generate(warm, ctx(1), SHAPE, settings(1), df())
+    assert warm.warm_bytes()["total"] > 0 and warm._parked is not None
+    calls = []
+
+    def cancel(event):  # the node's progress callback raises when the user cancels
+        if event.chunk == 2:
+            raise _Stop
+
+    real = warm.forward
+
+    def failing(x, *a, **kw):
+        calls.append(1)
+        if len(calls) == 6:
+            raise _Stop
+        return real(x, *a, **kw)
+
+    if where == "forward":
+        monkeypatch.setattr(warm, "forward", failing)
+    with pytest.raises(_Stop):
+        generate(warm, ctx(2), SHAPE, settings(2), df(), callback=cancel if where == "callback" else None)
+    assert warm.warm_bytes() == {"kv": 0, "text": 0, "graphs": 0, "weights": 0, "total": 0}
+    assert warm._parked is None and warm._text is None and not warm.fast_path._kept
+    monkeypatch.undo()
+    want = generate(ChunkRunner(model, fast=True), ctx(3), SHAPE, settings(3), df())
+    assert_same(generate(warm, ctx(3), SHAPE, settings(3), df()), want, "after the cancel")
+
+
+# -- CUDA graphs, with a stand-in on the CPU ----------------------------------------------------------
+class _FakeStream:
+    def wait_stream(self, other):
+        pass
+
+
+class _Replay:
+    """A captured graph on the CPU: a replay recomputes the captured pass into its static output
+    and, like a real replay, leaves no host-side bookkeeping behind."""
+
+    def __init__(self, entry, cache):
+        self.entry, self.cache = weakref.ref(entry), weakref.ref(cache)
+
+    def replay(self):
+        c, entry = self.cache(), self.entry()
+        flops = (c.flops.done, c.flops.full)
+        tokens = [(g, g.chunk_tokens) for layer in c.layers for g in layer.groups]
+        out, _ = entry.fn()
+        entry.out.copy_(out)
+        c.flops.done, c.flops.full = flops
+        for g, n in tokens:
+            g.chunk_tokens = n
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch):
+    stream = _FakeStream()
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, stream=None, **kw: contextlib.nullcontext())
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None, raising=False)
+    real = cuda_graphs.PassGraphs._capture
+
+    def capture(self, key, x, timesteps, rope, cache, text, eager, keep):
+        entry = real(self, key, x, timesteps, rope, cache, text, eager, keep)
+        entry.graph = _Replay(entry, cache)
+        return entry
+
+    monkeypatch.setattr(cuda_graphs.PassGraphs, "_capture", capture)
+    monkeypatch.setattr(fused_forward.FusedForward, "_use_graphs", lambda self: self.opts.cuda_graphs)
+
+
+@pytest.mark.parametrize("case", ["df", "df_given", "window"])
+def test_second_video_replays_the_first_ones_graphs(model, fake_graphs, case):
+    """Graphs captured in video 1 replay in video 2 (no capture) and the videos equal fresh
+    eager runs; a video whose profile gives other head types captures its new layout."""
+    spec = {"df": df(), "df_given": planted(model), "window": CacheSpec(Retention(1, 3))}[case]
+    shape = (1, 16, 15, H_LAT, W_LAT)
+    warm = ChunkRunner(model, fast=FastOptions(max_graphs=2), warm=True)
+    st = warm.fast_path.graphs.stats
+    videos = VIDEOS[:3] if case == "df" else [(ctx(1), 1), (ctx(1), 2), (ctx(2), 3)]
+    captures = []
+    for i, (c, s) in enumerate(videos):
+        want = generate(ChunkRunner(model, fast=FastOptions(cuda_graphs=False)), c, shape, settings(s), spec)
+        before = dict(st)
+        got = generate(warm, c, shape, settings(s), spec)
+        assert torch.equal(got.latent, want.latent), f"video {i}"
+        assert got.stats.attn_flops == want.stats.attn_flops and got.stats.attn_flops_full == want.stats.attn_flops_full
+        captures.append(st["captures"] - before["captures"])
+        assert st["replays"] > before["replays"], f"video {i} replayed nothing"
+    assert captures[0] >= 1 and captures[1] == 0, captures
+    # other head types (online profile, another seed): their layout is captured
+    assert (captures[2] >= 1) if case == "df" else captures[2] == 0, captures
+    assert warm.fast_path.graphs.error is None
+
+
+def test_a_weight_changed_between_videos_drops_graphs_and_derived_weights(fake_graphs):
+    m = make_tiny_wan(layers=2, heads=4, head_dim=16, seed=3)
+    spec = df()
+    shape = (1, 16, 24, H_LAT, W_LAT)
+    warm = ChunkRunner(m, fast=True, warm=True)
+    generate(warm, ctx(1), shape, settings(1), spec)
+    st = warm.fast_path.graphs.stats
+    with torch.no_grad():
+        m.blocks[1].self_attn.q.weight.mul_(1.5)  # an in-place patch between videos
+    before = st["captures"]
+    got = generate(warm, ctx(1), shape, settings(1), spec)
+    assert st["captures"] > before  # the old graphs read the old derived weights: dropped
+    want = generate(ChunkRunner(m, fast=FastOptions(cuda_graphs=False)), ctx(1), shape, settings(1), spec)
+    assert torch.equal(got.latent, want.latent)
