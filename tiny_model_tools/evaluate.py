@@ -206,7 +206,8 @@ def _evaluate(model, text, runner, grid, n_prompts, seeds, frames, device, step)
         "setup": {"prompts": [p for p, _ in prompts], "seeds": list(seeds), "frames": frames, "chunk_frames": chunk,
                   "timesteps": list(SamplerSettings().timesteps), "shift": SamplerSettings().shift,
                   "device": str(device), "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                  "seconds": round(time.perf_counter() - t_all, 1)},
+                  "seconds": round(time.perf_counter() - t_all, 1),
+                  "date": time.strftime("%Y-%m-%d", time.gmtime()), "dummy_forcing_defaults": df_defaults()},
         "ground_truth_world": mean_metrics(gt_world),
         "table": table,
         "per_run": per,
@@ -221,6 +222,21 @@ def _evaluate(model, text, runner, grid, n_prompts, seeds, frames, device, step)
         },
         "_profile": profile,
     }
+
+
+def df_defaults() -> dict:
+    """The Dummy Forcing settings the grid leaves at their defaults (the cost, the neighbor window)."""
+    d = DummyForcingConfig()
+    return {"normalised_cost": d.normalised_cost, "neighbor_skips_sink": d.neighbor_skips_sink,
+            "scope": d.scope, "warmup_cache": d.warmup_cache, "profile_sample_fraction": d.profile_sample_fraction}
+
+
+def _defaults_text(d: dict | None) -> str:
+    if not d:
+        return ""
+    return (f" Dummy Forcing rows: {'normalised' if d['normalised_cost'] else 'raw'} cost, {d['scope']} choice, "
+            f"neighbor windows {'without' if d['neighbor_skips_sink'] else 'with'} the sink frame, "
+            f"{d['profile_sample_fraction']:.0%} of the query rows profiled.")
 
 
 def _fmt(v, spec):
@@ -238,7 +254,8 @@ def to_markdown(res: dict, head_map: str = "../assets/tiny_model/head_map.png") 
         f"{res['model']['steps']} training steps; {res['model']['layers']} layers x {res['model']['heads']} heads). "
         f"{len(s['prompts'])} prompts x {len(s['seeds'])} seeds, {s['frames']} frames (chunks of {s['chunk_frames']}), "
         f"timesteps {s['timesteps']} at shift {s['shift']}; {s['device']} ({s['cpu']}), torch {s['torch']}, "
-        f"{s['seconds']:.0f} s.",
+        f"{s['seconds']:.0f} s" + (f", run {s['date']}." if s.get("date") else ".")
+        + _defaults_text(s.get("dummy_forcing_defaults")),
         "",
         "PSNR / SSIM: against the full-cache video of the same prompt and seed (same noise); the first "
         f"{2 * s['chunk_frames']} frames are identical by construction (the per-head cache starts at chunk 2); "
@@ -277,7 +294,9 @@ def to_markdown(res: dict, head_map: str = "../assets/tiny_model/head_map.png") 
         f"frames 1-2): mean attention sink {hp['mean'][0]:.3f}, neighbor {hp['mean'][1]:.3f}, current "
         f"{hp['mean'][2]:.3f}; {hp['mostly_current_heads']}/{n_heads} heads put > 80% on the current chunk. "
         f"Online dummy sets at 50% overlap {hp['online_dummy_overlap_50']:.2f} between videos "
-        f"(mean pairwise |A & B| / |A| over {hp['online_runs']} runs).",
+        f"(mean pairwise |A & B| / |A| over {hp['online_runs']} runs). In the summary, sink- / neighbor-leaning "
+        "compares a head's raw masses; its type (50% dummy) comes from the cost Apply Dummy Forcing uses by "
+        "default, which compares each head's share of all heads' sink and of all heads' neighbor attention.",
         "",
         f"![head map]({head_map})",
         "",
