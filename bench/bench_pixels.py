@@ -17,6 +17,8 @@ both loaded through comfy.sd.VAE as VAE Loader does. One child process per part:
 * long: a 1-minute 480p video (241 latent frames, 961 frames; sink 3 + window 12 base cache and
   Dummy Forcing) written to an mp4 while it is made, IMAGE off: wall time, host RSS sampled every
   50 ms (start, peak, end).
+* decodeprof: the Wan decoder's GPU time for 81 frames by kernel kind (convolutions, copies,
+  norms / activations), wall time against kernel time: what fusion or graphs could take off.
 
 Usage (GPU): python bench/bench_pixels.py --comfyui COMFYUI_DIR --out bench/results_pixels_h200.json
 ComfyUI's requirements that a bare GPU image lacks travel as wheels (see bench_comfyui.py), plus
@@ -200,6 +202,10 @@ def child(a):
 
     wan, tae = vaes["wan21_vae"], vaes["lighttaew2_1"]
     kept = {}
+    if a.part == "decodeprof":
+        out["decode_profile"] = decode_profile(wan, frames, hw, gen, sync, a)
+        print("RESULT " + json.dumps(out, default=str), flush=True)
+        return
     if a.part == "long":
         rss, stop = [], threading.Event()
         t = threading.Thread(target=sample_rss, args=(stop, rss), daemon=True)
@@ -274,6 +280,52 @@ def child(a):
                   f"Decode {float((i1 - i2).abs().max()):.3g}", flush=True)
     out["engine_note"] = "pack rows use the fused forward when ComfyUI's delegate loads the weights (see bench_comfyui)"
     print("RESULT " + json.dumps(out, default=str), flush=True)
+
+
+def decode_profile(wan, frames, hw, gen, sync, a):
+    """Where the Wan decoder's GPU time goes (one 81-frame decode, kernels by kind): how much
+    a kernel fusion (torch.compile) or graphs could take off the convolutions' time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    z = torch.randn(1, 16, frames, *hw, generator=gen)
+    wan.decode(z)  # loads the VAE on the GPU, warms cuDNN up
+    fsm = wan.first_stage_model
+    zz = z.to(wan.device, wan.vae_dtype)
+    sync()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        fsm.decode(zz)
+    sync()
+    wall = time.perf_counter() - t0
+    acts = [ProfilerActivity.CUDA] if torch.cuda.is_available() and not a.smoke else [ProfilerActivity.CPU]
+    with profile(activities=acts) as prof:
+        with torch.no_grad():
+            fsm.decode(zz)
+        sync()
+    kernels = {}
+    for e in prof.key_averages():
+        t = (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0) if acts[0] == ProfilerActivity.CUDA
+             else e.self_cpu_time_total)
+        if t and e.key:
+            kernels[e.key] = kernels.get(e.key, 0) + t / 1e3
+    kinds = {"convolution (cuDNN / implicit GEMM)": 0.0, "copies / cat / pad": 0.0, "norm / activation / other": 0.0}
+    for name, ms in kernels.items():
+        n = name.lower()
+        if any(s in n for s in ("conv", "implicit", "xmma", "cudnn", "sm90", "cutlass", "gemm", "nvjet")):
+            kinds["convolution (cuDNN / implicit GEMM)"] += ms
+        elif any(s in n for s in ("copy", "cat", "pad", "memcpy", "memset", "fill")):
+            kinds["copies / cat / pad"] += ms
+        else:
+            kinds["norm / activation / other"] += ms
+    total = sum(kernels.values())
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
+    print(f"[decodeprof {a.res}] wall {wall:.3f} s, GPU kernels {total / 1e3:.3f} s: "
+          + ", ".join(f"{k} {v / 1e3:.3f} s" for k, v in kinds.items()), flush=True)
+    for name, ms in top:
+        print(f"    {ms:9.1f} ms  {name[:110]}", flush=True)
+    return {"wall_s": wall, "gpu_kernels_s": total / 1e3, "kinds_s": {k: v / 1e3 for k, v in kinds.items()},
+            "top_ms": top}
 
 
 def main():
