@@ -329,11 +329,12 @@ class PreparedRun:
 
 def prepare_run(model, latent, conditioning, conditioning_name: str, settings: SamplerSettings, spec,
                 start_frames: int = 0, videos: int = 1, given_in_one_piece: bool = False,
-                schedule: bool = False) -> PreparedRun:
+                schedule: bool = False, warm: bool = False) -> PreparedRun:
     """Check every input and setting, plan the video (nothing loaded yet, so a bad setting
     costs nothing), then load the model with room for a chunk and the KV cache. ``videos``:
     how many videos of this plan the node runs (the progress bar spans them all);
-    ``schedule``: read the conditioning as a prompt schedule (AR Prompt Start tags)."""
+    ``schedule``: read the conditioning as a prompt schedule (AR Prompt Start tags); ``warm``:
+    the warm start's runner (``model_loading.make_runner``)."""
     geom = wan_geometry(model)
     samples = latent_samples(latent, geom)
     if start_frames and not given_in_one_piece:
@@ -346,5 +347,5 @@ def prepare_run(model, latent, conditioning, conditioning_name: str, settings: S
     progress.check()
     B, C, _, Hh, Ww = samples.shape
     runner = model_loading.load_runner(model_loading.runnable(model), (B, C, settings.chunk_frames, Hh, Ww),
-                                       plan.kv_bytes, getattr(spec, "attention_8bit", None))
+                                       plan.kv_bytes, getattr(spec, "attention_8bit", None), warm=warm)
     return PreparedRun(runner, samples, contexts, plan, progress, prompts)

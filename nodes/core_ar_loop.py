@@ -25,6 +25,11 @@ A MODEL whose diffusion model is not causal (a plain Wan2.1 checkpoint, without 
 ``causal_ar`` flag) gets only a ``SAMPLER_SAMPLE`` wrapper that, in core's AR loop, says how to
 run it (convert it, or use AR Video Sampler) instead of core's error about missing methods.
 What the run needs (the session) lives in the run's transformer_options only while it samples.
+
+The warm start (issue 23) is on in this loop: the runner comes from ``model_loading``'s warm
+slot, so re-queuing the same shapes reuses the last video's cache, graphs and weights (a
+cancelled or failed run empties the slot). It has no widget here (the loop's nodes are
+ComfyUI's); ``DUMMY_FORCING_WARM_START=0`` turns it off for both samplers.
 """
 from __future__ import annotations
 
@@ -190,9 +195,13 @@ class CoreARHooks:
         with node_errors(CORE_SAMPLER, OWNERS):  # e.g. the model made NaN while Dummy Forcing profiled it
             try:
                 out = executor(guider, sigmas, extra_args, callback, noise, *args, **kwargs)
+            except BaseException:
+                model_loading.drop_warm()  # cancelled or failed: nothing is kept for the next run
+                raise
             finally:
                 to.pop(SESSION_KEY, None)
                 stats = driver.session.close()
+            model_loading.report_warm(driver.session.runner)
             driver.verify()
             check_output(out)
         stats.frames_per_latent = frames_per_latent(guider.model_patcher)
@@ -222,7 +231,7 @@ class CoreARHooks:
             if chunk < 1:
                 raise SettingError("sampler", "num_frame_per_block", f"'num_frame_per_block' must be >= 1, got "
                                    f"{chunk}")
-            runner = model_loading.make_runner(guider.model_patcher, spec.attention_8bit)
+            runner = model_loading.make_runner(guider.model_patcher, spec.attention_8bit, True)  # warm
             _check_video_latent(shape, runner.geometry, n_init, spec)
             spec.check_model(runner.geometry)
             settings = SamplerSettings(chunk_frames=chunk, sigmas=tuple(s[:-1]))

@@ -10,21 +10,34 @@ ComfyUI's non-dynamic delegate instead, as core does for hooked conditionings: a
 patcher of the same checkpoint (reloaded from its file once, then kept with the user's
 model), which ComfyUI's model management loads whole, or partially when VRAM is short. When
 the weights would not fit, the model keeps streaming and the log says so once.
+
+The warm start (issue 23): one *warm slot* per process keeps the runner of the last warm run
+(``ChunkRunner(warm=True)``: its video's KV cache, text buffers, CUDA graphs and derived
+weights) for the next run on the same diffusion model, dtype, device and fast-path options
+whose weights are the same tensors, unchanged (``ChunkRunner.weights_changed``); anything
+else empties the slot first. The slot holds the diffusion model only while its ComfyUI model
+lives (a finalizer on the ``BaseModel``), and is emptied when ComfyUI unloads a model the pack
+cloned (a keyed ``ON_DETACH`` callback on that clone, not on the user's own patcher), when a
+warm run fails or is cancelled, by a cold run (AR Video Sampler's ``warm_start`` off,
+Profile Heads) and by ``DUMMY_FORCING_WARM_START=0``.
 """
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 
 import torch
 
 import comfy.model_management
+import comfy.patcher_extension
 
 from dummy_forcing_core.attention_8bit import BACKENDS as _BACKENDS_8BIT
 from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.fused_forward import FastOptions
 
-__all__ = ["ATTENTION_8BIT_CHOICES", "attention_8bit_choice", "compute_dtype", "fp8_fast", "make_runner", "load_runner", "runnable", "runnable_clone", "streams_weights"]
+__all__ = ["ATTENTION_8BIT_CHOICES", "attention_8bit_choice", "compute_dtype", "fp8_fast", "make_runner", "load_runner", "runnable", "runnable_clone", "streams_weights",
+           "warm_start_allowed", "drop_warm", "warm_bytes", "report_warm"]
 
 log = logging.getLogger("dummy_forcing")
 
@@ -33,6 +46,22 @@ _DELEGATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _SAID: set[str] = set()
 ATTENTION_8BIT_CHOICES = ("comfyui",) + _BACKENDS_8BIT  # Apply Dummy Forcing's attention_8bit widget
 RESERVE_FRACTION = 0.15  # of the card kept for the KV cache and activations when deciding "fits"
+WARM_ENV = "DUMMY_FORCING_WARM_START"  # "0" / "off" / "false": no warm start anywhere
+_MADE: "weakref.WeakSet" = weakref.WeakSet()  # patchers the pack cloned (the unload callback goes on these only)
+_DETACH_KEY = "dummy_forcing_warm"
+
+
+class _WarmSlot:
+    """The warm runner and what it was made for (see the module docstring)."""
+
+    def __init__(self, model, key: tuple, runner: ChunkRunner):
+        self.module = weakref.ref(model.model.diffusion_model)
+        self.key, self.runner = key, runner
+        self.finalizer = weakref.finalize(model.model, _drop_slot, id(self))
+        self.finalizer.atexit = False
+
+
+_SLOT: _WarmSlot | None = None
 
 
 def _say_once(key: str, msg: str, *args) -> None:
@@ -103,6 +132,7 @@ def _delegate(model):
     clone = model.clone(disable_dynamic=True, model_override=override)
     if override is None:
         _DELEGATES[model.model] = clone.get_clone_model_override()
+    _MADE.add(clone)
     return clone
 
 
@@ -111,7 +141,10 @@ def runnable_clone(model):
     (see the module docstring) the non-dynamic delegate, a clone that keeps the patches,
     object patches and options of ``model``. ``model`` itself is never changed."""
     d = _delegate(model)
-    return model.clone() if d is None else d
+    if d is None:
+        d = model.clone()
+        _MADE.add(d)
+    return d
 
 
 def runnable(model):
@@ -130,15 +163,97 @@ def attention_8bit_choice(choice: str | None) -> str:
     return choice
 
 
-def make_runner(model, attention_8bit: str | None = None) -> ChunkRunner:
+# ------------------------------------------------------------------------------------ warm start
+def warm_start_allowed() -> bool:
+    """False when ``DUMMY_FORCING_WARM_START`` is 0 / off / false (both sampling paths)."""
+    return os.environ.get(WARM_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def _drop_slot(slot_id: int | None = None) -> None:
+    global _SLOT
+    slot = _SLOT
+    if slot is None or (slot_id is not None and id(slot) != slot_id):
+        return
+    _SLOT = None
+    slot.finalizer.detach()
+    slot.runner.drop_warm()
+
+
+def drop_warm() -> None:
+    """Free the warm slot (the runner and everything it kept)."""
+    _drop_slot()
+
+
+def warm_bytes() -> dict[str, int]:
+    """What the warm slot holds (``ChunkRunner.warm_bytes``; zeros when empty)."""
+    if _SLOT is None:
+        return {"kv": 0, "text": 0, "graphs": 0, "weights": 0, "total": 0}
+    return _SLOT.runner.warm_bytes()
+
+
+def report_warm(runner: ChunkRunner) -> None:
+    """One log line after a warm run: what is kept for the next run."""
+    if _SLOT is None or _SLOT.runner is not runner:
+        return
+    b = runner.warm_bytes()
+    if b["total"]:
+        mib = {k: v / 2 ** 20 for k, v in b.items()}
+        log.info("Dummy Forcing: warm start keeps %.0f MiB for the next run of this shape (KV cache %.0f, text %.0f, "
+                 "CUDA graphs %.0f, derived weights %.0f MiB); AR Video Sampler's warm_start off frees it",
+                 mib["total"], mib["kv"], mib["text"], mib["graphs"], mib["weights"])
+
+
+def _on_detach(patcher, unpatch_all=True) -> None:
+    """ON_DETACH of a patcher the pack cloned: ComfyUI unloaded its weights, free the slot."""
+    slot = _SLOT
+    dm = getattr(getattr(patcher, "model", None), "diffusion_model", None)
+    if unpatch_all and slot is not None and slot.module() is dm:
+        _drop_slot()
+
+
+def _watch_unload(model) -> None:
+    """The unload callback on ``model`` when the pack made it (or it carries the pack's cache
+    settings: a lineage a pack node started); the user's own patcher gets nothing."""
+    to = (getattr(model, "model_options", None) or {}).get("transformer_options") or {}
+    if model not in _MADE and "dummy_forcing" not in to:
+        return
+    on_detach = comfy.patcher_extension.CallbacksMP.ON_DETACH
+    get = getattr(model, "get_callbacks", None)
+    if get is not None and not get(on_detach, _DETACH_KEY):
+        model.add_callback_with_key(on_detach, _DETACH_KEY, _on_detach)
+
+
+def _warm_runner(model, dtype, dev, fast) -> ChunkRunner:
+    """The slot's runner when it fits this MODEL (see the module docstring), else a new one in
+    the slot."""
+    global _SLOT
+    dm = model.model.diffusion_model
+    key = (dtype, dev, repr(fast))
+    slot = _SLOT
+    if slot is not None and slot.module() is dm and slot.key == key and not slot.runner.weights_changed():
+        _watch_unload(model)
+        return slot.runner
+    _drop_slot()
+    runner = ChunkRunner(dm, dtype=dtype, device=dev, fast=fast, warm=True)
+    _SLOT = _WarmSlot(model, key, runner)
+    _watch_unload(model)
+    return runner
+
+
+def make_runner(model, attention_8bit: str | None = None, warm: bool = False) -> ChunkRunner:
     """The core's runner over the MODEL's (loaded) diffusion model; fp8 products when the user
     asked ComfyUI for them; ``attention_8bit``: the model's CacheSpec choice (see
-    :func:`attention_8bit_choice`)."""
+    :func:`attention_8bit_choice`); ``warm``: the warm slot's runner (module docstring), while a
+    cold run empties the slot first."""
     dev, dtype = torch.device(model.load_device), compute_dtype(model)
     fast = None
     if _fused_forward_possible(model):
         fast = FastOptions(fp8_matmul=fp8_fast(model), attention_8bit=attention_8bit_choice(attention_8bit))
-    runner = ChunkRunner(model.model.diffusion_model, dtype=dtype, device=dev, fast=fast)
+    if warm and warm_start_allowed():
+        runner = _warm_runner(model, dtype, dev, fast)
+    else:
+        drop_warm()
+        runner = ChunkRunner(model.model.diffusion_model, dtype=dtype, device=dev, fast=fast)
     if runner.fast_path is None and _fused_forward_possible(model):
         if streams_weights(model):
             reason = "ComfyUI streams the weights (dynamic VRAM)"
@@ -151,15 +266,20 @@ def make_runner(model, attention_8bit: str | None = None) -> ChunkRunner:
     return runner
 
 
-def load_runner(model, chunk_shape=None, extra_bytes: int = 0, attention_8bit: str | None = None) -> ChunkRunner:
+def load_runner(model, chunk_shape=None, extra_bytes: int = 0, attention_8bit: str | None = None,
+                warm: bool = False) -> ChunkRunner:
     """Load the MODEL through ComfyUI's model management (weights, LoRA patches, offload), asking
     for room for a chunk's activations (``chunk_shape``) plus ``extra_bytes`` (the KV cache), and
-    wrap its diffusion model in the core's ChunkRunner on the load device."""
-    need = int(extra_bytes)
+    wrap its diffusion model in the core's ChunkRunner on the load device (``warm``: see
+    :func:`make_runner`; a slot for another model, or a cold run, is freed before loading)."""
+    slot = _SLOT
+    if slot is not None and not (warm and warm_start_allowed() and slot.module() is model.model.diffusion_model):
+        drop_warm()  # another model or a cold run: freed before ComfyUI counts free memory
+    need = int(extra_bytes)  # the whole KV bound even when the slot holds a cache: its shape is not known here
     if chunk_shape is not None:
         try:
             need += int(model.memory_required(list(chunk_shape)))
         except Exception:  # an estimate only
             pass
     comfy.model_management.load_models_gpu([model], memory_required=need, minimum_memory_required=need)
-    return make_runner(model, attention_8bit)
+    return make_runner(model, attention_8bit, True) if warm else make_runner(model, attention_8bit)

@@ -63,7 +63,7 @@ EXPECTED_INPUTS = {
     "ARVideoSampler": ["model", "positive", "latent", "sigmas", "noise", "seed", "denoise_timesteps", "steps", "shift",
                        "frames_per_chunk", "cache", "sink_frames", "window_frames", "context_timestep",
                        "start_frames", "noise_layout", "recache_on_switch", "vae", "return_frames", "save_video",
-                       "filename_prefix", "frame_rate", "live_preview"],
+                       "filename_prefix", "frame_rate", "live_preview", "warm_start"],
     "ARVideoDecode": ["samples", "vae", "chunk_frames", "return_frames", "save_video", "filename_prefix", "frame_rate",
                       "live_preview"],
     "ApplyDummyForcing": ["model", "head_profile", "dummy_heads", "dummy_head_count", "scope", "normalised_cost",

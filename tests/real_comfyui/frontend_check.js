@@ -58,7 +58,7 @@ const INTENDED = {
                          context_packing: true, long_context_frames: 0 },
     ARVideoSampler: { seed: 42, control_after_generate: "fixed", denoise_timesteps: "1000,750,500,250",
                       shift: 5, frames_per_chunk: 3, cache: "full", return_frames: true, save_video: "off",
-                      frame_rate: 16, live_preview: true },
+                      frame_rate: 16, live_preview: true, warm_start: true },
     CreateVideo: { fps: 16 },
     SaveVideo: { filename_prefix: "video/dummy_forcing", format: "auto", codec: "auto" },
   },
