@@ -193,7 +193,9 @@ class FusedForward:
         self.model, self.g, self.dtype, self.device, self.opts = model, geometry, dtype, torch.device(device), options
         self._weights: dict[int, _LayerWeights] = {}  # layer -> the weights its last pass read
         self._kept: dict[int, dict[tuple, _LayerWeights]] = {}  # layer -> head order -> weights
-        self.orders_kept = 1  # head orders whose weights a layer keeps (a warm runner: its base and its last layout)
+        # head orders whose weights a layer keeps: 1, or 2 (a warm runner): the base order's and the
+        # last per-head order's, the base's dropped once another order runs (a QKV concat: cheap to redo)
+        self.orders_kept = 1
         self._casts: dict[int, tuple] = {}  # id(param) -> (its version, the param in the compute dtype)
         self._gelu_checked: bool | None = None
         self._consts: dict = {}
@@ -277,6 +279,9 @@ class FusedForward:
                 sa.norm_q.weight, sa.norm_k.weight, fp8_scale(sa.q), fp8_scale(sa.k), fp8_scale(sa.v), fp8_scale(sa.o))
         key = (tuple(order),) + tuple(_version(t) for t in srcs)
         kept = self._kept.setdefault(i, {})
+        if self.orders_kept > 1 and key[0] != tuple(range(self.g.num_heads)):
+            for other in [o for o in kept if o != key[0]]:
+                del kept[other]
         w = kept.pop(key[0], None)
         if w is not None and w.key == key:
             kept[key[0]] = self._weights[i] = w  # most recently used last

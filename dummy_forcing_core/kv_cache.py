@@ -28,12 +28,14 @@ Phases
 3. ``KVCache.regroup`` (once, e.g. at Dummy Forcing's ``ar_start``): builds new groups sized
    to what they keep, copying the kept frames from the old groups, and frees the old.
 4. ``KVCache.reset`` (a cache made with ``recycle=True``, between videos of one shape: the warm
-   start): back to the state ``create`` left (history 0, the base groups, no flops) without
-   allocating. The layout the last video ended with is kept aside (its groups, *the pool*),
-   and a later ``regroup`` that asks a layer for a group of the same spec (heads, runs, name,
-   capacity) reuses that group, buffers and ``uid`` included, so CUDA graphs that read them
-   stay valid; groups of the pool it does not reuse are freed by that regroup. A recycling
-   cache keeps its base groups through regroups (``reserved_bytes`` counts all it holds).
+   start): back to the state ``create`` left (history 0, the base layout, no flops). A layer
+   never regrouped restarts its base groups in place (same buffers and ``uid``: a rolling
+   window's CUDA graphs stay valid). A regrouped layer puts the groups it holds aside (*the
+   pool*) and gets new base groups (the base lives only until the regroup, as in a first video,
+   and is not graphed); a later ``regroup`` that asks the layer for a group of a pooled spec
+   (heads, runs, name, capacity) reuses that group, buffers and ``uid`` included, so CUDA
+   graphs that read them stay valid; pooled groups it does not reuse are freed by that regroup.
+   Held between videos: the layout the last video ended with (``reserved_bytes``).
 
 This module only stores; attention over it and its FLOP counting live in ``attention.py``.
 """
@@ -337,9 +339,10 @@ class KVCache:
     from then on every layer holds only those heads (``LayerCache.partial``); ``all_specs`` is
     the layout of all processes together.
 
-    Warm start (``recycle``, phase 4 of the module docstring): ``base`` holds the LayerCaches
-    ``create`` built (what :meth:`reset` returns to), ``pool`` per layer the groups of the
-    layout the last video ended with, by :meth:`HeadGroup.spec_key`. Not recycling: both empty.
+    Warm start (``recycle``, phase 4 of the module docstring): ``base`` per layer the base
+    LayerCache while it is in use (None once regrouped), ``base_spec`` the spec and capacity it
+    is built from (what :meth:`reset` returns to), ``pool`` per layer the groups of the layout
+    the last video ended with, by :meth:`HeadGroup.spec_key`. Not recycling: all empty.
     """
 
     layers: list[LayerCache]
@@ -356,7 +359,8 @@ class KVCache:
     local_heads: list[list[int]] | None = None
     all_specs: list[list[GroupSpec]] | None = None
     recycle: bool = False
-    base: list[LayerCache] = field(default_factory=list)
+    base: list[LayerCache | None] = field(default_factory=list)
+    base_spec: tuple[GroupSpec, int] | None = None
     pool: list[dict[tuple, HeadGroup]] = field(default_factory=list)
 
     @classmethod
@@ -383,22 +387,26 @@ class KVCache:
                     dtype, torch.device(device), recycle=recycle)
         if recycle:
             cache.base = list(layers)
+            cache.base_spec = (spec, cap)
             cache.pool = [{} for _ in layers]
         return cache
 
     def reset(self) -> None:
         """Back to the state :meth:`create` left, for the next video of this shape: history 0,
-        the base groups, no scratch, FLOPs 0; nothing allocated. The layout held now goes to
-        the pool (a later regroup to the same specs reuses its groups)."""
+        the base layout, no scratch, FLOPs 0. A layer never regrouped restarts in place; a
+        regrouped one pools its groups (a later regroup to the same specs reuses them) and gets
+        new base groups."""
         if not self.recycle:
             raise RuntimeError("only a cache made with recycle=True can be reset")
+        spec, cap = self.base_spec
         for i, layer in enumerate(self.layers):
-            base = self.base[i]
-            if layer is not base:
-                self.pool[i] = {g.spec_key(): g for g in layer.groups}
-            for g in base.groups:
-                g.restart(0)
-            self.layers[i] = base
+            if layer is self.base[i]:
+                for g in layer.groups:
+                    g.restart(0)
+                continue
+            self.pool[i] = {g.spec_key(): g for g in layer.groups}
+            g = HeadGroup(spec, self.batch, self.head_dim, self.tokens_per_frame, cap, self.dtype, self.device)
+            self.layers[i] = self.base[i] = LayerCache([g], self.num_heads)
         self.flops = FlopCounter()
         self.local_heads = self.all_specs = None
 
@@ -506,8 +514,8 @@ class KVCache:
         reuse: dict[tuple, HeadGroup] = {}
         if self.recycle:
             candidates = dict(self.pool[i])
-            if from_source:  # the data comes from the other cache: this layer's groups can take it in place
-                candidates.update({g.spec_key(): g for g in layer.groups if g not in self.base[i].groups})
+            if from_source and layer is not self.base[i]:  # the data comes from the other cache: in place
+                candidates.update({g.spec_key(): g for g in layer.groups})
             keys = [_spec_key(spec, cap) for spec, cap in zip(specs, caps)]
             reuse = {k: candidates[k] for k in keys if k in candidates}
             self.pool[i] = {}  # what is not reused is freed before anything is allocated
@@ -544,6 +552,8 @@ class KVCache:
                         else:
                             a[:, :, d0:d1].index_copy_(1, dst_rows, part)
             groups.append(g)
+        if self.recycle:
+            self.base[i] = None  # the base lives until the regroup (reset builds it again)
         return LayerCache(groups, layer.num_heads, heads)
 
     # -- bytes -----------------------------------------------------------------------------------
@@ -552,9 +562,8 @@ class KVCache:
         return sum(g.allocated_bytes() for layer in self.layers for g in layer.groups)
 
     def reserved_bytes(self) -> int:
-        """Bytes of every buffer this cache holds: in use, and (recycling) the base groups and
-        the pool."""
-        groups = {id(g): g for layer in self.layers + self.base for g in layer.groups}
+        """Bytes of every buffer this cache holds: in use and (recycling) in the pool."""
+        groups = {id(g): g for layer in self.layers for g in layer.groups}
         groups.update({id(g): g for pool in self.pool for g in pool.values()})
         return sum(g.allocated_bytes() for g in groups.values())
 
