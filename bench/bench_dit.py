@@ -172,6 +172,59 @@ def run_variant(runner, ctx, hw, frames, name, dev, repeat_warm=False, sample_fr
     return row, res
 
 
+def warm_rows(args, model, ctx, dtype, dev, res_table, fp8mm, log):
+    """The warm start (issue 23): per variant, one ChunkRunner(warm=True) runs the same shape
+    three times (new seed, then new prompt) after an untimed warm-up on another runner (kernel
+    compilation is not counted); each run: clip FPS, its first three chunks, graph captures,
+    what the runner keeps afterwards; run 2 against the same video on a fresh runner."""
+    hw = res_table[args.warm_resolution]
+    rows = []
+    ctx2 = torch.randn(ctx.shape, generator=torch.Generator().manual_seed(2)).to(dev, ctx.dtype)
+    for name in [v for v in args.warm_variants.split(",") if v]:
+        opts = FastOptions(attention=args.attention, fp8_matmul=fp8mm)
+        warmup(ChunkRunner(model, dtype=dtype, device=dev, fast=opts), ctx, hw, [name], dev, args.frames)
+        runner = ChunkRunner(model, dtype=dtype, device=dev, fast=opts, warm=True)
+        base, dfc = variant_settings(name)
+        shape = (1, 16, args.frames, hw[0], hw[1])
+        video_frames = 4 * (args.frames - 1) + 1
+        for run, (seed, c) in enumerate([(0, ctx), (1, ctx), (1, ctx2)], 1):
+            g0 = dict(runner.fast_path.graphs.stats) if runner.fast_path is not None else {}
+            res = generate(runner, c, shape, dataclasses.replace(base, seed=seed), dfc)
+            sync(dev)
+            st = res.stats
+            total = sum(st.chunk_seconds)
+            row = {"variant": name, "res": args.warm_resolution, "run": run, "seed": seed,
+                   "prompt": "second" if c is ctx2 else "first", "fps_clip": video_frames / total,
+                   "first_chunks_ms": [1000 * x for x in st.chunk_seconds[:3]],
+                   "chunk_ms": [1000 * x for x in st.chunk_seconds], "profile_ms": 1000 * st.profile_seconds,
+                   "regroup_ms": 1000 * st.regroup_seconds, "head_types_equal_run1": None,
+                   "graphs": {k: runner.fast_path.graphs.stats[k] - g0[k] for k in g0} if g0 else None,
+                   "kept_bytes": runner.warm_bytes()}
+            if run == 1:
+                first_types = st.head_types
+            row["head_types_equal_run1"] = st.head_types == first_types
+            if run == 2:  # the same video on a fresh (cold) runner: bf16 rounding at most
+                cold = generate(ChunkRunner(model, dtype=dtype, device=dev, fast=opts), c, shape,
+                                dataclasses.replace(base, seed=seed), dfc)
+                row["rel_diff_vs_fresh_runner"] = rel(res.latent, cold.latent)
+                row["equal_to_fresh_runner"] = bool(torch.equal(res.latent, cold.latent))
+            rows.append(row)
+            kept = row["kept_bytes"]
+            log(f"warm {name:8s} run {run} (seed {seed}, {row['prompt']} prompt): clip {row['fps_clip']:6.2f} FPS, "
+                f"first chunks {' '.join(f'{x:.0f}' for x in row['first_chunks_ms'])} ms, graphs {row['graphs']}, "
+                f"kept {fmt_bytes(kept['total'])} (KV {fmt_bytes(kept['kv'])}, text {fmt_bytes(kept['text'])}, graphs "
+                f"{fmt_bytes(kept['graphs'])}, weights {fmt_bytes(kept['weights'])})"
+                + (f", vs fresh runner: rel diff {row['rel_diff_vs_fresh_runner']:.1e}"
+                   f"{' (equal)' if row['equal_to_fresh_runner'] else ''}" if run == 2 else "")
+                + ("" if row["head_types_equal_run1"] else ", head types differ from run 1"))
+        runner.drop_warm()
+        del runner
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
 def warmup(runner, ctx, hw, variants, dev, frames):
     """Untimed: every variant once with one denoising step, so every attention shape (and
     the cuDNN graphs / Triton kernels for it) exists before timing."""
@@ -542,6 +595,9 @@ def main(argv=None):
                     "--att8-variants at --att8-resolutions once per backend, latents compared with 'off'")
     ap.add_argument("--att8-variants", default="df")
     ap.add_argument("--att8-resolutions", default="480p")
+    ap.add_argument("--warm", action="store_true", help="warm start: 3 runs of one shape on one warm runner")
+    ap.add_argument("--warm-variants", default="df,window")
+    ap.add_argument("--warm-resolution", default="480p")
     ap.add_argument("--out", default=None, help="JSON results file")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds; skip remaining work past it (0: none)")
     args = ap.parse_args(argv)
@@ -661,6 +717,13 @@ def main(argv=None):
 
     if args.attention_8bit and not over_budget():
         results["attention_8bit"] = att8_rows(args, model, ctx, dtype, dev, res_table, fp8mm, log, over_budget)
+
+    if args.warm and not over_budget():
+        log(f"\n## warm start, {args.warm_resolution}: 3 runs on one warm runner (run 1 cold)")
+        try:
+            results["warm"] = warm_rows(args, model, ctx, dtype, dev, res_table, fp8mm, log)
+        except Exception:  # noqa: BLE001
+            log(traceback.format_exc())
 
     if args.ablate and not over_budget():
         hw = res_table["480p"]

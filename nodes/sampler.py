@@ -99,8 +99,8 @@ class ARVideoSampler(io.ComfyNode):
                     tooltip="Keep what this run built on the GPU for the next run with the same model and shapes: "
                     "its KV cache buffers, CUDA graphs, text buffers and head-ordered weight copies, so a re-queue "
                     "with a new seed or prompt pays no graph capture or set-up. That memory stays held between runs "
-                    "(the log says how much; about 1.7 GiB for a 480p 81-frame Wan 1.3B video with Dummy "
-                    "Forcing); it is freed when ComfyUI unloads the model, when a run is cancelled or fails, and "
+                    "(the log says how much; about 1.8 GiB plus the CUDA graphs for a 480p Wan 1.3B video with "
+                    "Dummy Forcing); it is freed when ComfyUI unloads the model, when a run is cancelled or fails, and "
                     "at once when this is off."),
             ],
             outputs=[
