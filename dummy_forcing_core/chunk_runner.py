@@ -162,9 +162,10 @@ class ChunkRunner:
                 self.fast_path.clear()
 
     def weights_signature(self) -> tuple:
-        """Every parameter and buffer of the model: object, address, in-place version, device
-        and dtype (a CUDA graph and the derived weights read them by address)."""
-        return tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype)
+        """Every parameter and buffer of the model: object, address, in-place version (none for
+        an inference tensor: torch does not count them), device and dtype (a CUDA graph and the
+        derived weights read them by address)."""
+        return tuple((id(t), t.data_ptr(), None if t.is_inference() else t._version, t.device, t.dtype)
                      for t in itertools.chain(self.model.parameters(), self.model.buffers()))
 
     def weights_changed(self) -> bool:

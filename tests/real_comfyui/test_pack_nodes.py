@@ -59,7 +59,7 @@ OUR_NODES = {
                                             "shift", "frames_per_chunk", "cache", "sink_frames", "window_frames",
                                             "context_timestep", "start_frames"],
                        ["sigmas", "noise", "noise_layout", "recache_on_switch", "vae", "return_frames",
-                        "save_video", "filename_prefix", "frame_rate", "live_preview"],
+                        "save_video", "filename_prefix", "frame_rate", "live_preview", "warm_start"],
                        ["LATENT", "DF_STATS", "IMAGE"]),
     "ARVideoDecode": ("AR Video Decode", ["samples", "vae", "chunk_frames"],
                       ["return_frames", "save_video", "filename_prefix", "frame_rate", "live_preview"], ["IMAGE"]),
