@@ -49,6 +49,7 @@ class ChunkRunner:
         self._parked: KVCache | None = None                # warm: that cache between videos
         self._text: TextCache | None = None                # warm: the text K/V buffers prompts are copied into
         self._weights_seen: tuple | None = None            # warm: weights_signature() at the last video's start
+        self.reused = False  # warm: whether the last start_video reset the kept cache (no allocation)
         w = model.blocks[0].self_attn.q.weight
         self.dtype = dtype or (w.dtype if w.dtype.is_floating_point and w.element_size() >= 2 else torch.float32)
         self.device = torch.device(device) if device is not None else w.device
@@ -122,7 +123,8 @@ class ChunkRunner:
         self._weights_seen = self.weights_signature()
         make = (batch, height, width, total_frames, chunk_frames, retention, capacity_frames)
         parked, self._parked = self._parked, None
-        if parked is not None and self._video_cache is not None and self._video_cache[0] == make:
+        self.reused = parked is not None and self._video_cache is not None and self._video_cache[0] == make
+        if self.reused:
             parked.reset()
             self._video_cache = (make, parked)
             return parked
@@ -178,9 +180,9 @@ class ChunkRunner:
             self.fast_path.clear()
 
     def warm_bytes(self) -> dict[str, int]:
-        """Bytes kept between videos: ``kv`` (the parked cache's buffers, base and pool
-        included), ``text`` (K/V buffers), ``graphs`` (their pools, as counted at capture),
-        ``weights`` (derived copies); ``total``."""
+        """Bytes kept between videos: ``kv`` (the parked cache's buffers, in use and pooled),
+        ``text`` (K/V buffers), ``graphs`` (their pools, as counted at capture), ``weights``
+        (derived copies); ``total``."""
         fp = self.fast_path
         out = {"kv": self._parked.reserved_bytes() if self._parked is not None else 0,
                "text": self._text.nbytes() if self._text is not None else 0,

@@ -199,8 +199,9 @@ def report_warm(runner: ChunkRunner) -> None:
     if b["total"]:
         mib = {k: v / 2 ** 20 for k, v in b.items()}
         log.info("Dummy Forcing: warm start keeps %.0f MiB for the next run of this shape (KV cache %.0f, text %.0f, "
-                 "CUDA graphs %.0f, derived weights %.0f MiB); AR Video Sampler's warm_start off frees it",
-                 mib["total"], mib["kv"], mib["text"], mib["graphs"], mib["weights"])
+                 "CUDA graphs %.0f, derived weights %.0f MiB); this run %s; AR Video Sampler's warm_start off "
+                 "frees it", mib["total"], mib["kv"], mib["text"], mib["graphs"], mib["weights"],
+                 "reused the last run's" if runner.reused else "started cold")
 
 
 def _on_detach(patcher, unpatch_all=True) -> None:
