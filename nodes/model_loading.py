@@ -16,10 +16,12 @@ The warm start (issue 23): one *warm slot* per process keeps the runner of the l
 weights) for the next run on the same diffusion model, dtype, device and fast-path options
 whose weights are the same tensors, unchanged (``ChunkRunner.weights_changed``); anything
 else empties the slot first. The slot holds the diffusion model only while its ComfyUI model
-lives (a finalizer on the ``BaseModel``), and is emptied when ComfyUI unloads a model the pack
-cloned (a keyed ``ON_DETACH`` callback on that clone, not on the user's own patcher), when a
-warm run fails or is cancelled, by a cold run (AR Video Sampler's ``warm_start`` off,
-Profile Heads) and by ``DUMMY_FORCING_WARM_START=0``.
+lives (a finalizer on the ``BaseModel``), and is emptied when ComfyUI unloads the model (a keyed
+``ON_DETACH`` callback on the patcher that runs it), when a warm run fails or is cancelled, by a
+cold run (AR Video Sampler's ``warm_start`` off, Profile Heads) and by
+``DUMMY_FORCING_WARM_START=0``. The callback goes only on a patcher the pack made (Apply Dummy
+Forcing's / AR Cache Policy's clone, the non-dynamic delegate), never on the user's own: a MODEL
+straight from the loader runs cold, as ComfyUI could not tell the pack when it unloads it.
 """
 from __future__ import annotations
 
@@ -212,12 +214,15 @@ def _on_detach(patcher, unpatch_all=True) -> None:
         _drop_slot()
 
 
-def _watch_unload(model) -> None:
-    """The unload callback on ``model`` when the pack made it (or it carries the pack's cache
-    settings: a lineage a pack node started); the user's own patcher gets nothing."""
+def _watchable(model) -> bool:
+    """Whether the pack made this patcher (or it carries the pack's cache settings: a lineage a
+    pack node started): the only ones the unload callback may go on."""
     to = (getattr(model, "model_options", None) or {}).get("transformer_options") or {}
-    if model not in _MADE and "dummy_forcing" not in to:
-        return
+    return model in _MADE or "dummy_forcing" in to
+
+
+def _watch_unload(model) -> None:
+    """The unload callback on ``model`` (a patcher the pack made)."""
     on_detach = comfy.patcher_extension.CallbacksMP.ON_DETACH
     get = getattr(model, "get_callbacks", None)
     if get is not None and not get(on_detach, _DETACH_KEY):
@@ -244,13 +249,13 @@ def _warm_runner(model, dtype, dev, fast) -> ChunkRunner:
 def make_runner(model, attention_8bit: str | None = None, warm: bool = False) -> ChunkRunner:
     """The core's runner over the MODEL's (loaded) diffusion model; fp8 products when the user
     asked ComfyUI for them; ``attention_8bit``: the model's CacheSpec choice (see
-    :func:`attention_8bit_choice`); ``warm``: the warm slot's runner (module docstring), while a
-    cold run empties the slot first."""
+    :func:`attention_8bit_choice`); ``warm``: the warm slot's runner for a patcher the pack made
+    (module docstring), while a cold run empties the slot first."""
     dev, dtype = torch.device(model.load_device), compute_dtype(model)
     fast = None
     if _fused_forward_possible(model):
         fast = FastOptions(fp8_matmul=fp8_fast(model), attention_8bit=attention_8bit_choice(attention_8bit))
-    if warm and warm_start_allowed():
+    if warm and warm_start_allowed() and _watchable(model):
         runner = _warm_runner(model, dtype, dev, fast)
     else:
         drop_warm()
@@ -274,7 +279,8 @@ def load_runner(model, chunk_shape=None, extra_bytes: int = 0, attention_8bit: s
     wrap its diffusion model in the core's ChunkRunner on the load device (``warm``: see
     :func:`make_runner`; a slot for another model, or a cold run, is freed before loading)."""
     slot = _SLOT
-    if slot is not None and not (warm and warm_start_allowed() and slot.module() is model.model.diffusion_model):
+    if slot is not None and not (warm and warm_start_allowed() and _watchable(model)
+                                 and slot.module() is model.model.diffusion_model):
         drop_warm()  # another model or a cold run: freed before ComfyUI counts free memory
     need = int(extra_bytes)  # the whole KV bound even when the slot holds a cache: its shape is not known here
     if chunk_shape is not None:

@@ -101,7 +101,8 @@ class ARVideoSampler(io.ComfyNode):
                     "with a new seed or prompt pays no graph capture or set-up. That memory stays held between runs "
                     "(the log says how much; about 1.8 GiB plus the CUDA graphs for a 480p Wan 1.3B video with "
                     "Dummy Forcing); it is freed when ComfyUI unloads the model, when a run is cancelled or fails, and "
-                    "at once when this is off."),
+                    "at once when this is off. For a model that comes through Apply Dummy Forcing or AR Cache Policy "
+                    "(a MODEL straight from the loader runs cold: ComfyUI could not tell the pack when it unloads it)."),
             ],
             outputs=[
                 io.Latent.Output(display_name="LATENT", tooltip="The video latent (VAE space): decode with VAE Decode."),

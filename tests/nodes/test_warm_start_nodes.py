@@ -177,3 +177,17 @@ def test_cores_ar_loop_runs_warm(run_node, N, ml, stub_model_patcher):
     assert torch.equal(core(6, 2), second)  # on a fresh runner
     ml.drop_warm()
     assert torch.equal(core(5, 1), first)
+
+
+def test_a_model_straight_from_the_loader_runs_cold(run_node, N, ml, stub_model_patcher):
+    """No pack clone, so no unload callback may be put on the patcher: nothing is kept."""
+    model = stub_model_patcher(tiny_wan())
+    snap = ModelSnapshot(model)
+    df = run_node(N["ApplyDummyForcing"], model=model, **DF)[0]
+    sample(run_node, N, df)
+    assert ml._SLOT is not None
+    want = sample(run_node, N, model, warm_start=False)[0]
+    got = sample(run_node, N, model)[0]
+    assert ml._SLOT is None and ml.warm_bytes() == EMPTY and torch.equal(got, want)
+    snap.assert_unchanged()
+    assert not any(model.callbacks.values())
