@@ -216,16 +216,16 @@ def _on_detach(patcher, unpatch_all=True) -> None:
 
 def _watchable(model) -> bool:
     """Whether the pack made this patcher (or it carries the pack's cache settings: a lineage a
-    pack node started): the only ones the unload callback may go on."""
+    pack node started), one the unload callback may go on, and the host has callbacks."""
     to = (getattr(model, "model_options", None) or {}).get("transformer_options") or {}
-    return model in _MADE or "dummy_forcing" in to
+    can = callable(getattr(model, "get_callbacks", None)) and callable(getattr(model, "add_callback_with_key", None))
+    return can and (model in _MADE or "dummy_forcing" in to)
 
 
 def _watch_unload(model) -> None:
     """The unload callback on ``model`` (a patcher the pack made)."""
     on_detach = comfy.patcher_extension.CallbacksMP.ON_DETACH
-    get = getattr(model, "get_callbacks", None)
-    if get is not None and not get(on_detach, _DETACH_KEY):
+    if not model.get_callbacks(on_detach, _DETACH_KEY):
         model.add_callback_with_key(on_detach, _DETACH_KEY, _on_detach)
 
 
