@@ -168,7 +168,11 @@ def _eps(m, dtype) -> float:
 
 
 def _version(t: torch.Tensor | None):
-    return None if t is None else (t.data_ptr(), t._version, t.dtype)
+    """What tells a changed weight: its storage, in-place version and dtype (inference tensors,
+    as ComfyUI can load weights, have no version counter: their storage has to tell)."""
+    if t is None:
+        return None
+    return t.data_ptr(), None if t.is_inference() else t._version, t.dtype
 
 
 @dataclass

@@ -170,3 +170,15 @@ def test_cuda_8bit_attention_is_close_to_bf16_attention_and_captures():
     assert torch.isfinite(got).all()
     assert ((got - ref).norm() / ref.norm()).item() < 0.05
     assert r8.fast_path.graphs.error is None
+
+
+def test_fused_forward_reads_inference_tensor_weights():
+    """ComfyUI can hold weights as inference tensors (no version counter): the fused forward's
+    derived-weight keys must not need one."""
+    with torch.inference_mode():
+        m = _model(64).requires_grad_(False)
+    assert m.blocks[0].self_attn.q.weight.is_inference()
+    plain = _model(64).requires_grad_(False)
+    got = _chunks(ChunkRunner(m, fast=FastOptions()), "cpu", torch.float32)
+    want = _chunks(ChunkRunner(plain, fast=FastOptions()), "cpu", torch.float32)
+    assert torch.equal(got, want)

@@ -353,4 +353,5 @@ def test_both_samplers_get_fp8_products_from_one_place(stub_model_patcher, monke
     r = ml.make_runner(m)
     assert r.fast_path is not None and r.fast_path.opts.fp8_matmul
     m.model_options["fp8_optimizations"] = False
-    assert ml.make_runner(m).fast_path is None  # no fp8 ask: auto again (CPU: off)
+    r = ml.make_runner(m)  # no fp8 ask: the fused forward (where it can run) without fp8 products
+    assert r.fast_path is not None and not r.fast_path.opts.fp8_matmul
