@@ -11,6 +11,7 @@ from . import comfy_glue as glue
 from . import model_loading
 from . import pixel_output as px
 from . import widgets as w
+from .core_ar_loop import frames_per_latent
 from .node_errors import node_errors
 
 NAME = "AR Video Sampler"
@@ -171,6 +172,7 @@ class ARVideoSampler(io.ComfyNode):
                 raise
             model_loading.report_warm(run.runner)
             out = glue.to_latent_output(model, result.latent, latent)
+            result.stats.frames_per_latent = frames_per_latent(model)
         if pixels is None:
             return io.NodeOutput(out, result.stats, None)
         return io.NodeOutput(out, result.stats, pixels.images(), ui=px.saved_ui(pixels))

@@ -102,10 +102,6 @@ def test_ar_video_sampler_wan_counts_four(run_node, N, stub_model_patcher):
 
 
 @pytest.mark.skipif(not os.path.exists(DEFAULT_PATH), reason="shipped tiny model missing")
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="AR Video Sampler does not set stats.frames_per_latent from the MODEL yet (one line in "
-                   "nodes/sampler.py: result.stats.frames_per_latent = core_ar_loop.frames_per_latent(model)); "
-                   "drop this mark when it does")
 def test_ar_video_sampler_tiny_model_counts_one(run_node, N):
     model, text_encoder = run_node(N["DFTinyModelLoader"]).args
     c = run_node(N["DFTinyTextEncode"], text_encoder=text_encoder, prompt="a big red circle at center").args[0]
