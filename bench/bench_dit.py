@@ -57,7 +57,8 @@ GEOMETRIES = {"1.3b": WAN21_1_3B, "14b": WAN21_14B}
 VARIANTS = ("full", "window", "df", "df_nopack", "long")
 LABELS = {"full": "full cache", "window": "sink 3 + window 12", "df": "Dummy Forcing (50%, L=1, packed)",
           "df_nopack": "Dummy Forcing, no packing", "long": "DF long context (neighbor 15 fr)",
-          "window_long": "sink 3 + window 12, 120 frames", "df_long": "Dummy Forcing, 120 frames"}
+          "window_long": "sink 3 + window 12, 120 frames", "df_long": "Dummy Forcing, 120 frames",
+          "df_profile": "Dummy Forcing, head profile given"}
 
 
 def variant_settings(name: str, sample_fraction: float = 0.25):
@@ -172,6 +173,19 @@ def run_variant(runner, ctx, hw, frames, name, dev, repeat_warm=False, sample_fr
     return row, res
 
 
+def given_profile_settings(model):
+    """Dummy Forcing with a head profile given (Load Head Profile): the same head types every
+    video, no online profiling. Scores drawn once (seeded), as a saved profile would hold them."""
+    from dummy_forcing_core.geometry import ModelGeometry
+    from dummy_forcing_core.head_profile import HeadProfile
+
+    geom = ModelGeometry.of(model)
+    scores = torch.rand(geom.num_layers, geom.num_heads, 3, generator=torch.Generator().manual_seed(0)) ** 3
+    profile = HeadProfile(scores / scores.sum(-1, keepdim=True), geom.fingerprint(), {"bench": "drawn"})
+    base, dfc = variant_settings("df")
+    return base, dfc.with_dummy_forcing(dataclasses.replace(dfc.dummy_forcing, head_profile=profile))
+
+
 def warm_rows(args, model, ctx, dtype, dev, res_table, fp8mm, log):
     """The warm start (issue 23): per variant, one ChunkRunner(warm=True) runs the same shape
     three times (new seed, then new prompt) after an untimed warm-up on another runner (kernel
@@ -182,9 +196,10 @@ def warm_rows(args, model, ctx, dtype, dev, res_table, fp8mm, log):
     ctx2 = torch.randn(ctx.shape, generator=torch.Generator().manual_seed(2)).to(dev, ctx.dtype)
     for name in [v for v in args.warm_variants.split(",") if v]:
         opts = FastOptions(attention=args.attention, fp8_matmul=fp8mm)
-        warmup(ChunkRunner(model, dtype=dtype, device=dev, fast=opts), ctx, hw, [name], dev, args.frames)
+        warmup(ChunkRunner(model, dtype=dtype, device=dev, fast=opts), ctx, hw, ["df" if name == "df_profile" else name],
+               dev, args.frames)
         runner = ChunkRunner(model, dtype=dtype, device=dev, fast=opts, warm=True)
-        base, dfc = variant_settings(name)
+        base, dfc = given_profile_settings(model) if name == "df_profile" else variant_settings(name)
         shape = (1, 16, args.frames, hw[0], hw[1])
         video_frames = 4 * (args.frames - 1) + 1
         for run, (seed, c) in enumerate([(0, ctx), (1, ctx), (1, ctx2)], 1):
@@ -596,7 +611,8 @@ def main(argv=None):
     ap.add_argument("--att8-variants", default="df")
     ap.add_argument("--att8-resolutions", default="480p")
     ap.add_argument("--warm", action="store_true", help="warm start: 3 runs of one shape on one warm runner")
-    ap.add_argument("--warm-variants", default="df,window")
+    ap.add_argument("--warm-variants", default="df,df_profile,window",
+                    help="df_profile: Dummy Forcing with a given head profile (fixed head types)")
     ap.add_argument("--warm-resolution", default="480p")
     ap.add_argument("--out", default=None, help="JSON results file")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds; skip remaining work past it (0: none)")

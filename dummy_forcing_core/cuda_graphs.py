@@ -52,13 +52,6 @@ class _GraphEntry:
     scratch: list          # KVCache.scratch_state() after the pass
     keep: tuple            # text K/V and weights the graph reads: kept alive with it
     fn: object = None      # the captured pass as a function (what a replay recomputes; tests)
-    pool_bytes: int = 0    # device memory the capture reserved (its private pool), as the allocator counts it
-
-
-def _reserved(device) -> int:
-    """The allocator's count of device memory it reserved (a host-side counter: no sync); a
-    capture's private pool is all new segments, so the count grows by the pool's size."""
-    return torch.cuda.memory_reserved(device) if device.type == "cuda" and torch.cuda.is_available() else 0
 
 
 def _release_if_owner(graphs_ref, owner_ref):
@@ -91,8 +84,18 @@ class PassGraphs:
         self._uses.clear()
 
     def held_bytes(self) -> int:
-        """Device memory the kept graphs' pools reserved when captured."""
-        return sum(e.pool_bytes for e in self._graphs.values())
+        """Device memory in the kept graphs' private pools: the allocator's segments of those
+        pools (a capture empties the allocator's cache first, so counting reserved memory around
+        it undercounts)."""
+        if not self._graphs or self.device.type != "cuda" or not torch.cuda.is_available():
+            return 0
+        pools = set()
+        for e in self._graphs.values():
+            pool = getattr(e.graph, "pool", None)
+            if callable(pool):
+                pools.add(tuple(pool()))
+        return sum(seg.get("total_size", 0) for seg in torch.cuda.memory_snapshot()
+                   if tuple(seg.get("segment_pool_id", ())) in pools)
 
     def run(self, x, timesteps, rope, cache, text, eager, keep=()):
         """The pass ``eager(x, timesteps, rope, cache, text)`` -> (out, grid), replayed, captured
@@ -146,12 +149,10 @@ class PassGraphs:
             return eager(sx, st, RopeTable(scos, ssin), cache, text)
 
         graph = torch.cuda.CUDAGraph()
-        before = _reserved(self.device)
         with CAPTURE_LOCK, torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
             out, grid = fn()
         self.stats["captures"] += 1
-        return _GraphEntry(graph, sx, st, scos, ssin, out, grid, 0, cache.scratch_state(), (text, keep), fn,
-                           _reserved(self.device) - before)
+        return _GraphEntry(graph, sx, st, scos, ssin, out, grid, 0, cache.scratch_state(), (text, keep), fn)
 
     def _replay(self, entry: _GraphEntry, x, timesteps, rope, cache, first: bool):
         entry.x.copy_(x)
