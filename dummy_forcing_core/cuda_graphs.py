@@ -17,12 +17,8 @@ them (the runner does at the end of every video, unless it is warm). A warm runn
 video of the same shape runs on the same cache object, reset (``KVCache.reset``: same
 buffers, and a regroup to the same layout reuses its groups), and the same text buffers
 (``TextCache.refill``): the graphs are kept and their keys (cache layout, ``TextCache.uid``)
-match again; :meth:`new_video` forgets only which passes were seen (when to capture), and
-the passes of the last video that were never captured (a growing cache's first chunks) are
-captured at their first run in this one, while fewer than ``max_graphs`` graphs are kept.
-Every graph is captured into one memory pool: passes run one after another, and a graph's
-output is read before the next pass, so their activations can share memory. Any capture
-failure turns graphs off for good (``error``) and the pass runs eagerly.
+match again; :meth:`new_video` forgets only which passes were seen (when to capture). Any
+capture failure turns graphs off for good (``error``) and the pass runs eagerly.
 """
 from __future__ import annotations
 
@@ -74,24 +70,17 @@ class PassGraphs:
         self._uses: dict[tuple, list] = {}
         self._owner = None  # weakref to the KVCache the graphs write into
         self._stream = None
-        self._pool = None   # one memory pool for every graph: passes never run at once
-        self._last_video: set = set()  # keys the last video ran (a warm start captures them at once)
         self.error: str | None = None
         self.stats = {"captures": 0, "replays": 0, "eager": 0}
 
     def release(self):
-        """Drop captured graphs (and their memory pool)."""
+        """Drop captured graphs (and their memory pools)."""
         self._graphs.clear()
         self._uses.clear()
-        self._last_video = set()
         self._owner = None
-        self._pool = None
 
     def new_video(self):
-        """A new video starts: forget which passes were seen (graphs stay; see the module doc);
-        the passes the last video ran repeat now, so they are captured at their first run while
-        there is room for them (never evicting a kept graph)."""
-        self._last_video = set(self._uses)
+        """A new video starts: forget which passes were seen (graphs stay; see the module doc)."""
         self._uses.clear()
 
     def held_bytes(self) -> int:
@@ -126,8 +115,7 @@ class PassGraphs:
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         stream, main = self._stream, torch.cuda.current_stream(self.device)
-        repeat = seen[0] != cache.history or (seen[1] > 1 and cache.is_steady(x.shape[2])) or (
-            key in self._last_video and len(self._graphs) < self.max_graphs)
+        repeat = seen[0] != cache.history or (seen[1] > 1 and cache.is_steady(x.shape[2]))
         if not repeat:
             # eager, on the capture stream: the first runs warm up its library handles
             self.stats["eager"] += 1
@@ -161,11 +149,8 @@ class PassGraphs:
             return eager(sx, st, RopeTable(scos, ssin), cache, text)
 
         graph = torch.cuda.CUDAGraph()
-        with CAPTURE_LOCK, torch.cuda.graph(graph, pool=self._pool, stream=self._stream,
-                                            capture_error_mode="thread_local"):
+        with CAPTURE_LOCK, torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
             out, grid = fn()
-        if self._pool is None and callable(getattr(graph, "pool", None)):
-            self._pool = graph.pool()
         self.stats["captures"] += 1
         return _GraphEntry(graph, sx, st, scos, ssin, out, grid, 0, cache.scratch_state(), (text, keep), fn)
 
