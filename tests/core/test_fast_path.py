@@ -12,7 +12,7 @@ import weakref
 import pytest
 import torch
 
-from helpers import make_tiny_wan
+from helpers import install_fake_graphs, make_tiny_wan
 from dummy_forcing_core.cache_policy import CacheSpec
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
 from dummy_forcing_core.fast_kernels import residual_norm_modulate, rms_norm_rope
@@ -194,56 +194,12 @@ def test_triton_kernels_match_fallbacks_in_the_interpreter():
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
 
 
-class _FakeStream:
-    def wait_stream(self, other):
-        pass
-
-
-class _Replay:
-    """Stands in for a captured CUDA graph on the CPU: a replay recomputes the captured pass
-    into its static output and, like a real replay, leaves no host-side bookkeeping behind."""
-
-    def __init__(self, entry, cache):  # weak, as a real graph holds no Python objects
-        self.entry, self.cache = weakref.ref(entry), weakref.ref(cache)
-
-    def replay(self):
-        c, entry = self.cache(), self.entry()
-        flops = (c.flops.done, c.flops.full)
-        tokens = [(g, g.chunk_tokens) for layer in c.layers for g in layer.groups]
-        out, _ = entry.fn()
-        entry.out.copy_(out)
-        c.flops.done, c.flops.full = flops
-        for g, n in tokens:
-            g.chunk_tokens = n
-
-
 @pytest.mark.parametrize("case", ["df", "window"])
 def test_graph_replay_bookkeeping_equals_eager(model, ctx, monkeypatch, case):
     """The CUDA-graph logic (when to capture, static inputs, replayed host bookkeeping) run on
     the CPU with a stand-in graph: same latents and statistics as the eager fast path."""
-    import contextlib
-
-    from dummy_forcing_core import cuda_graphs, fused_forward
-
-    stream = _FakeStream()
-    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g, stream=None, **kw: contextlib.nullcontext())
-    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None, raising=False)
-    orig_capture = cuda_graphs.PassGraphs._capture
-
     captured_caches = []
-
-    def capture(self, key, x, timesteps, rope, cache, text, eager, keep):
-        entry = orig_capture(self, key, x, timesteps, rope, cache, text, eager, keep)
-        entry.graph = _Replay(entry, cache)
-        captured_caches.append(weakref.ref(cache))
-        return entry
-
-    monkeypatch.setattr(cuda_graphs.PassGraphs, "_capture", capture)
-    monkeypatch.setattr(fused_forward.FusedForward, "_use_graphs", lambda self: self.opts.cuda_graphs)
+    install_fake_graphs(monkeypatch, on_capture=lambda cache: captured_caches.append(weakref.ref(cache)))
     ret = Retention(1, 3) if case == "window" else Retention()
     cfg = None if case == "window" else DummyForcingConfig(dummy_head_count=5, ar_start=1, head_profile=planted(model))
     settings = SamplerSettings(chunk_frames=3, timesteps=(1000, 750, 500), seed=5)

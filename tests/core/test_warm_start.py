@@ -8,14 +8,12 @@ layout captures nothing. A cancelled or failed video leaves nothing kept; a weig
 between videos drops the graphs and derived weights."""
 from __future__ import annotations
 
-import contextlib
-import weakref
 
 import pytest
 import torch
 
-from helpers import make_tiny_wan
-from dummy_forcing_core import cuda_graphs, fused_forward, kv_cache
+from helpers import install_fake_graphs, make_tiny_wan
+from dummy_forcing_core import kv_cache
 from dummy_forcing_core.cache_policy import CacheSpec
 from dummy_forcing_core.chunk_runner import ChunkRunner
 from dummy_forcing_core.dummy_forcing import DummyForcingConfig
@@ -176,47 +174,9 @@ def test_a_cancelled_or_failed_video_drops_the_warm_state(model, where, monkeypa
 
 
 # -- CUDA graphs, with a stand-in on the CPU ----------------------------------------------------------
-class _FakeStream:
-    def wait_stream(self, other):
-        pass
-
-
-class _Replay:
-    """A captured graph on the CPU: a replay recomputes the captured pass into its static output
-    and, like a real replay, leaves no host-side bookkeeping behind."""
-
-    def __init__(self, entry, cache):
-        self.entry, self.cache = weakref.ref(entry), weakref.ref(cache)
-
-    def replay(self):
-        c, entry = self.cache(), self.entry()
-        flops = (c.flops.done, c.flops.full)
-        tokens = [(g, g.chunk_tokens) for layer in c.layers for g in layer.groups]
-        out, _ = entry.fn()
-        entry.out.copy_(out)
-        c.flops.done, c.flops.full = flops
-        for g, n in tokens:
-            g.chunk_tokens = n
-
-
 @pytest.fixture
 def fake_graphs(monkeypatch):
-    stream = _FakeStream()
-    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g, stream=None, **kw: contextlib.nullcontext())
-    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None, raising=False)
-    real = cuda_graphs.PassGraphs._capture
-
-    def capture(self, key, x, timesteps, rope, cache, text, eager, keep):
-        entry = real(self, key, x, timesteps, rope, cache, text, eager, keep)
-        entry.graph = _Replay(entry, cache)
-        return entry
-
-    monkeypatch.setattr(cuda_graphs.PassGraphs, "_capture", capture)
-    monkeypatch.setattr(fused_forward.FusedForward, "_use_graphs", lambda self: self.opts.cuda_graphs)
+    install_fake_graphs(monkeypatch)
 
 
 @pytest.mark.parametrize("case", ["df", "df_given", "window"])
