@@ -430,10 +430,12 @@ class FusedForward:
         return self._att8
 
     def _attention_kernel(self):
-        backend = self.attention_backend
-        if backend == "off":
-            return None
-        return lambda out, q, k, v: attention_8bit.attention_8bit(backend, out, q, k, v)
+        """The self-attention kernel ``attend_ordered`` takes (None: SDPA), made once."""
+        if not hasattr(self, "_att8_kernel"):
+            backend = self.attention_backend
+            self._att8_kernel = None if backend == "off" else (
+                lambda out, q, k, v: attention_8bit.attention_8bit(backend, out, q, k, v))
+        return self._att8_kernel
 
     def _use_graphs(self) -> bool:
         return self.opts.cuda_graphs and self.graphs.error is None and self.device.type == "cuda"
