@@ -56,7 +56,9 @@ def methods():
         m[f"triton qk {qk} pv {pv}"] = (lambda qk, pv: lambda out, q, k, v: a8.attention_8bit("triton", out, q, k, v,
                                                                                          qk, pv))(qk, pv)
     if a8.sage_available():
-        m["sageattention 1 (int8 qk, fp16 pv)"] = lambda out, q, k, v: a8.attention_8bit("sage", out, q, k, v)
+        ver = a8.sage_version()
+        what = "int8 qk, fp8 pv" if a8._sage_major() >= 2 else "int8 qk, fp16 pv"
+        m[f"sageattention {ver} ({what})"] = lambda out, q, k, v: a8.attention_8bit("sage", out, q, k, v)
     return m
 
 
@@ -67,6 +69,7 @@ def main(argv=None):
     ap.add_argument("--resolutions", default="480p,720p,1080p")
     ap.add_argument("--heads", type=int, default=6)
     ap.add_argument("--sweep", action="store_true", help="try kernel configs at 480p / 720p neighbor shapes")
+    ap.add_argument("--methods", default="", help="comma list of substrings: only methods whose name holds one")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     dev = torch.device("cuda")
@@ -83,6 +86,8 @@ def main(argv=None):
     print(meta, flush=True)
     rows = []
     ms = methods()
+    if args.methods:
+        ms = {n: f for n, f in ms.items() if any(w in n for w in args.methods.split(","))}
     for res in [r for r in args.resolutions.split(",") if r]:
         tpf = TOKENS_PER_FRAME[res]
         Lq = 3 * tpf

@@ -195,7 +195,7 @@ def warm_rows(args, model, ctx, dtype, dev, res_table, fp8mm, log):
     rows = []
     ctx2 = torch.randn(ctx.shape, generator=torch.Generator().manual_seed(2)).to(dev, ctx.dtype)
     for name in [v for v in args.warm_variants.split(",") if v]:
-        opts = FastOptions(attention=args.attention, fp8_matmul=fp8mm)
+        opts = FastOptions(attention=args.attention, fp8_matmul=fp8mm, attention_8bit=args.warm_attention_8bit)
         warmup(ChunkRunner(model, dtype=dtype, device=dev, fast=opts), ctx, hw, ["df" if name == "df_profile" else name],
                dev, args.frames)
         runner = ChunkRunner(model, dtype=dtype, device=dev, fast=opts, warm=True)
@@ -226,7 +226,7 @@ def warm_rows(args, model, ctx, dtype, dev, res_table, fp8mm, log):
             rows.append(row)
             kept = row["kept_bytes"]
             log(f"warm {name:8s} run {run} (seed {seed}, {row['prompt']} prompt): clip {row['fps_clip']:6.2f} FPS, "
-                f"first chunks {' '.join(f'{x:.0f}' for x in row['first_chunks_ms'])} ms, graphs {row['graphs']}, "
+                f"chunks {' '.join(f'{x:.0f}' for x in row['chunk_ms'])} ms, graphs {row['graphs']}, "
                 f"kept {fmt_bytes(kept['total'])} (KV {fmt_bytes(kept['kv'])}, text {fmt_bytes(kept['text'])}, graphs "
                 f"{fmt_bytes(kept['graphs'])}, weights {fmt_bytes(kept['weights'])})"
                 + (f", vs fresh runner: rel diff {row['rel_diff_vs_fresh_runner']:.1e}"
@@ -614,6 +614,7 @@ def main(argv=None):
     ap.add_argument("--warm-variants", default="df,df_profile,window",
                     help="df_profile: Dummy Forcing with a given head profile (fixed head types)")
     ap.add_argument("--warm-resolution", default="480p")
+    ap.add_argument("--warm-attention-8bit", default="off", help="8-bit attention backend of the warm-start runs")
     ap.add_argument("--out", default=None, help="JSON results file")
     ap.add_argument("--time-budget", type=float, default=0, help="seconds; skip remaining work past it (0: none)")
     args = ap.parse_args(argv)

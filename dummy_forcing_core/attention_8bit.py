@@ -31,6 +31,7 @@ into ``out`` ``[B, Lq, H, D]`` (any strides), as the fused forward's ``out[:, :,
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import math
@@ -73,6 +74,45 @@ def sage_available() -> bool:
     return importlib.util.find_spec("sageattention") is not None
 
 
+def sage_version() -> str:
+    """The installed ``sageattention``'s version ("" when it has no metadata)."""
+    try:
+        return importlib.metadata.version("sageattention")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+_sage_checked: dict[str, str | None] = {}
+
+
+def _sage_problem(device) -> str | None:
+    """Why ``sageattn`` cannot run on ``device`` (None: it ran), tried once per device on a small
+    input: a build without this GPU's kernels (SageAttention 2 asserts) is found before a video."""
+    key = str(torch.device(device))
+    if key not in _sage_checked:
+        try:
+            q = torch.randn(1, 128, 1, 128, device=device, dtype=torch.bfloat16)
+            kv = torch.randn(1, 1, 128, 128, device=device, dtype=torch.bfloat16)
+            out = torch.empty_like(q)
+            attention_8bit("sage", out, q, kv, kv)
+            torch.cuda.synchronize(device)
+            _sage_checked[key] = None if bool(torch.isfinite(out).all()) else "its output was not finite"
+        except Exception as err:  # noqa: BLE001 - any failure: the exact path, said once
+            _sage_checked[key] = f"{type(err).__name__}: {str(err)[:200]}"
+    return _sage_checked[key]
+
+
+def _sage_major() -> int:
+    global _SAGE_MAJOR
+    if _SAGE_MAJOR is None:
+        head = sage_version().split(".")[0]
+        _SAGE_MAJOR = int(head) if head.isdigit() else 1
+    return _SAGE_MAJOR
+
+
+_SAGE_MAJOR: int | None = None
+
+
 def resolve(choice: str, device, head_dim: int, dtype: torch.dtype) -> str:
     """The backend that will run for ``choice`` on ``device``: ``off``, ``triton`` or ``sage``.
     A backend that cannot run here becomes ``off`` with one log line (said once per reason)."""
@@ -100,9 +140,13 @@ def resolve(choice: str, device, head_dim: int, dtype: torch.dtype) -> str:
             why = ("Triton is not installed" if not HAVE_TRITON
                    else f"its products need compute capability {need[0]}.{need[1]}+; this GPU is {cap[0]}.{cap[1]}")
     if why is None and choice in ("auto", "sage"):
-        if sage_available():
-            return "sage"
-        why = "the sageattention package is not installed (pip install sageattention)"
+        if not sage_available():
+            why = "the sageattention package is not installed (pip install sageattention)"
+        else:
+            problem = _sage_problem(device)
+            if problem is None:
+                return "sage"
+            why = f"sageattention {sage_version()} did not run on this GPU ({problem})"
     _say_once(f"Dummy Forcing: 8-bit attention ({choice}) is off: {why}; attention runs in "
               f"{str(dtype).replace('torch.', '')} (exact path)")
     return "off"
@@ -129,7 +173,9 @@ def attention_8bit(backend: str, out: torch.Tensor, q: torch.Tensor, k: torch.Te
     if backend == "sage":
         from sageattention import sageattn  # optional package, present when resolve() chose it
 
-        o = sageattn(q.transpose(1, 2), k.clone(), v, tensor_layout="HND", is_causal=False)
+        # version 1 smooths k in place; version 2 subtracts k's mean into its own int8 copy
+        kk = k if _sage_major() >= 2 else k.clone()
+        o = sageattn(q.transpose(1, 2), kk, v, tensor_layout="HND", is_causal=False)
         out.copy_(o.transpose(1, 2))
         return out
     if backend != "triton":

@@ -8,7 +8,9 @@ forward (``fused_forward.py``) computes the same with fewer passes over memory.
 A *warm* runner (``warm=True``, the warm start from the second run) keeps between videos of
 one shape what a new video would otherwise rebuild: the video's KV cache (reset, not
 reallocated: :meth:`KVCache.reset`), the text K/V buffers (refilled), the fused forward's
-CUDA graphs and the derived weights of its base and its last head order. :meth:`start_video`
+CUDA graphs and the derived weights of its base and its last head order; where it fits
+(:meth:`keep_base_budget`), also the first chunks' full-cache buffers, so that their passes
+replay too (``KVCache.keep_base``). :meth:`start_video`
 hands out that cache after checking the model's weights are the same tensors, unchanged
 (otherwise the graphs and derived weights are dropped); :meth:`end_video` keeps it only for
 a video that finished, else drops everything (:meth:`drop_warm`); :meth:`warm_bytes` says what
@@ -69,6 +71,7 @@ class ChunkRunner:
             if fp.supported:
                 self.fast_path, self.fast_reason = fp, "on"
                 fp.orders_kept = 2 if self.warm else 1
+                fp.graphs.warm = self.warm
             else:
                 self.fast_reason = fp.reason
 
@@ -136,8 +139,17 @@ class ChunkRunner:
         cache = KVCache.create(g.num_layers, g.num_heads, g.head_dim, self.tokens_per_frame(height, width),
                                chunk_frames, total_frames, retention, batch, self.dtype, self.device,
                                capacity_frames=capacity_frames, recycle=True)
+        cache.keep_base = cache.base_bytes() <= self.keep_base_budget()
         self._video_cache = (make, cache)
         return cache
+
+    def keep_base_budget(self) -> int:
+        """Bytes a warm cache may hold for its base layout (the first chunks' full cache, which
+        a regroup would free) so that the first chunks' CUDA graphs replay in the next video:
+        an eighth of the GPU's memory (an 81-frame 480p video of the 1.3B model: 1.7 GiB)."""
+        if self.device.type != "cuda":
+            return 1 << 62
+        return torch.cuda.get_device_properties(self.device).total_memory // 8
 
     def end_video(self, cache: KVCache | None = None, finished: bool = False) -> None:
         """A video ended. Warm and ``finished``: keep ``cache`` (the one :meth:`start_video` gave)

@@ -17,7 +17,13 @@ them (the runner does at the end of every video, unless it is warm). A warm runn
 video of the same shape runs on the same cache object, reset (``KVCache.reset``: same
 buffers, and a regroup to the same layout reuses its groups), and the same text buffers
 (``TextCache.refill``): the graphs are kept and their keys (cache layout, ``TextCache.uid``)
-match again; :meth:`new_video` forgets only which passes were seen (when to capture). Any
+match again; :meth:`new_video` forgets only which passes were seen (when to capture). A
+growing cache's first chunks never repeat within a video but do in the next one, so a warm
+runner (``warm``) also captures them: a pass the first time it repeats within its chunk (the
+denoising steps share a layout), and a pass the last video ran once (a chunk's cache pass)
+at its first run; never evicting a kept graph (at most ``max_graphs``). Every graph is
+captured into one memory pool: passes run one after another and a pass's output is valid
+until the next pass (``FusedForward.run``), so their activations can share memory. Any
 capture failure turns graphs off for good (``error``) and the pass runs eagerly.
 """
 from __future__ import annotations
@@ -70,17 +76,25 @@ class PassGraphs:
         self._uses: dict[tuple, list] = {}
         self._owner = None  # weakref to the KVCache the graphs write into
         self._stream = None
+        self._pool = None   # one memory pool for every graph: passes never run at once
+        self._last_video: set = set()  # keys the last video ran (a warm start captures them at once)
+        self.warm = False  # a warm runner's: capture the passes that repeat in the next video too
         self.error: str | None = None
         self.stats = {"captures": 0, "replays": 0, "eager": 0}
 
     def release(self):
-        """Drop captured graphs (and their memory pools)."""
+        """Drop captured graphs (and their memory pool)."""
         self._graphs.clear()
         self._uses.clear()
+        self._last_video = set()
         self._owner = None
+        self._pool = None
 
     def new_video(self):
-        """A new video starts: forget which passes were seen (graphs stay; see the module doc)."""
+        """A new video starts: forget which passes were seen (graphs stay; see the module doc);
+        the passes the last video ran repeat now, so they are captured at their first run while
+        there is room for them (never evicting a kept graph)."""
+        self._last_video = set(self._uses)
         self._uses.clear()
 
     def held_bytes(self) -> int:
@@ -115,7 +129,9 @@ class PassGraphs:
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         stream, main = self._stream, torch.cuda.current_stream(self.device)
-        repeat = seen[0] != cache.history or (seen[1] > 1 and cache.is_steady(x.shape[2]))
+        room = len(self._graphs) < self.max_graphs
+        repeat = seen[0] != cache.history or (seen[1] > 1 and cache.is_steady(x.shape[2])) or (
+            self.warm and room and (seen[1] > 1 or key in self._last_video))
         if not repeat:
             # eager, on the capture stream: the first runs warm up its library handles
             self.stats["eager"] += 1
@@ -149,8 +165,11 @@ class PassGraphs:
             return eager(sx, st, RopeTable(scos, ssin), cache, text)
 
         graph = torch.cuda.CUDAGraph()
-        with CAPTURE_LOCK, torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
+        with CAPTURE_LOCK, torch.cuda.graph(graph, pool=self._pool, stream=self._stream,
+                                            capture_error_mode="thread_local"):
             out, grid = fn()
+        if self._pool is None and callable(getattr(graph, "pool", None)):
+            self._pool = graph.pool()
         self.stats["captures"] += 1
         return _GraphEntry(graph, sx, st, scos, ssin, out, grid, 0, cache.scratch_state(), (text, keep), fn)
 

@@ -60,7 +60,7 @@ class FastOptions:
     overlap_groups: (CUDA) run the attention of a layer's second and later head groups on a
         side stream, overlapping the first group's (fills the tail waves of small groups).
     cuda_graphs: (CUDA) replay repeated passes as CUDA graphs (``cuda_graphs.py``); at most
-        ``max_graphs`` graphs (each with its memory pool) are kept. A capture failure turns
+        ``max_graphs`` graphs (sharing one memory pool) are kept. A capture failure turns
         graphs off for the runner (``FusedForward.graphs.error``).
     fp8_matmul: fp8 weights (``fp8.py``) multiply in fp8 where the GPU can (ComfyUI's
         fp8_e4m3fn_fast); off: they are cast to the compute dtype one layer at a time.
@@ -77,7 +77,7 @@ class FastOptions:
     weight_budget_bytes: int = 2 << 30
     overlap_groups: bool = True
     cuda_graphs: bool = True
-    max_graphs: int = 2
+    max_graphs: int = 8
     fp8_matmul: bool = False
     attention_8bit: str = "off"
 

@@ -32,7 +32,9 @@ Phases
    never regrouped restarts its base groups in place (same buffers and ``uid``: a rolling
    window's CUDA graphs stay valid). A regrouped layer puts the groups it holds aside (*the
    pool*) and gets new base groups (the base lives only until the regroup, as in a first video,
-   and is not graphed); a later ``regroup`` that asks the layer for a group of a pooled spec
+   and its passes cannot be replayed in the next video), unless the cache keeps its base
+   (``keep_base``: held through the video, restarted in place, so the first chunks' CUDA
+   graphs stay valid); a later ``regroup`` that asks the layer for a group of a pooled spec
    (heads, runs, name, capacity) reuses that group, buffers and ``uid`` included, so CUDA
    graphs that read them stay valid; pooled groups it does not reuse are freed by that regroup.
    Held between videos: the layout the last video ended with (``reserved_bytes``).
@@ -342,7 +344,9 @@ class KVCache:
     Warm start (``recycle``, phase 4 of the module docstring): ``base`` per layer the base
     LayerCache while it is in use (None once regrouped), ``base_spec`` the spec and capacity it
     is built from (what :meth:`reset` returns to), ``pool`` per layer the groups of the layout
-    the last video ended with, by :meth:`HeadGroup.spec_key`. Not recycling: all empty.
+    the last video ended with, by :meth:`HeadGroup.spec_key`; ``keep_base``: hold the base
+    through a regroup (:meth:`base_bytes` more, for CUDA graphs of the first chunks that stay
+    valid in the next video). Not recycling: all empty.
     """
 
     layers: list[LayerCache]
@@ -362,6 +366,7 @@ class KVCache:
     base: list[LayerCache | None] = field(default_factory=list)
     base_spec: tuple[GroupSpec, int] | None = None
     pool: list[dict[tuple, HeadGroup]] = field(default_factory=list)
+    keep_base: bool = False
 
     @classmethod
     def create(cls, num_layers: int, num_heads: int, head_dim: int, tokens_per_frame: int,
@@ -395,18 +400,19 @@ class KVCache:
         """Back to the state :meth:`create` left, for the next video of this shape: history 0,
         the base layout, no scratch, FLOPs 0. A layer never regrouped restarts in place; a
         regrouped one pools its groups (a later regroup to the same specs reuses them) and gets
-        new base groups."""
+        new base groups, or its kept ones restarted in place (``keep_base``)."""
         if not self.recycle:
             raise RuntimeError("only a cache made with recycle=True can be reset")
         spec, cap = self.base_spec
         for i, layer in enumerate(self.layers):
-            if layer is self.base[i]:
-                for g in layer.groups:
-                    g.restart(0)
-                continue
-            self.pool[i] = {g.spec_key(): g for g in layer.groups}
-            g = HeadGroup(spec, self.batch, self.head_dim, self.tokens_per_frame, cap, self.dtype, self.device)
-            self.layers[i] = self.base[i] = LayerCache([g], self.num_heads)
+            if layer is not self.base[i]:
+                self.pool[i] = {g.spec_key(): g for g in layer.groups}
+            if self.base[i] is None:
+                g = HeadGroup(spec, self.batch, self.head_dim, self.tokens_per_frame, cap, self.dtype, self.device)
+                self.base[i] = LayerCache([g], self.num_heads)
+            self.layers[i] = self.base[i]
+            for g in self.base[i].groups:
+                g.restart(0)
         self.flops = FlopCounter()
         self.local_heads = self.all_specs = None
 
@@ -552,19 +558,28 @@ class KVCache:
                         else:
                             a[:, :, d0:d1].index_copy_(1, dst_rows, part)
             groups.append(g)
-        if self.recycle:
+        if self.recycle and not self.keep_base:
             self.base[i] = None  # the base lives until the regroup (reset builds it again)
         return LayerCache(groups, layer.num_heads, heads)
 
     # -- bytes -----------------------------------------------------------------------------------
+    def base_bytes(self) -> int:
+        """Bytes of the base layout's buffers (every layer's groups as :meth:`create` made them)."""
+        if self.base_spec is None:
+            return 0
+        spec, cap = self.base_spec
+        return 2 * len(self.layers) * self.batch * len(spec.heads) * cap * self.tokens_per_frame * self.head_dim \
+            * torch.empty((), dtype=self.dtype).element_size()
+
     def allocated_bytes(self) -> int:
         """Bytes of the groups in use now."""
         return sum(g.allocated_bytes() for layer in self.layers for g in layer.groups)
 
     def reserved_bytes(self) -> int:
-        """Bytes of every buffer this cache holds: in use and (recycling) in the pool."""
+        """Bytes of every buffer this cache holds: in use and (recycling) in the pool and a kept base."""
         groups = {id(g): g for layer in self.layers for g in layer.groups}
         groups.update({id(g): g for pool in self.pool for g in pool.values()})
+        groups.update({id(g): g for layer in self.base if layer is not None for g in layer.groups})
         return sum(g.allocated_bytes() for g in groups.values())
 
     def held_bytes(self) -> int:

@@ -55,11 +55,35 @@ def test_resolve_by_gpu_and_packages(monkeypatch, caplog, cap, triton_ok, sage, 
     monkeypatch.setattr(a8, "_cuda_capability", lambda device: cap)
     monkeypatch.setattr(a8, "HAVE_TRITON", triton_ok)
     monkeypatch.setattr(a8, "sage_available", lambda: sage)
+    monkeypatch.setattr(a8, "_sage_problem", lambda device: None)
     assert a8.resolve(choice, "cuda", 128, torch.bfloat16) == want
     if want == "off":
         assert len(_warnings(caplog)) == 1
     assert a8.resolve(choice, "cuda", 96, torch.bfloat16) == "off"  # head dim the kernels do not take
     assert a8.resolve(choice, "cuda", 128, torch.float32) == "off"
+
+
+def test_sage_that_cannot_run_here_falls_back_before_the_video(monkeypatch, caplog):
+    """A sageattention build without this GPU's kernels (SageAttention 2 asserts inside sageattn)
+    is found by resolve's trial call, not in the middle of a video."""
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(a8, "_cuda_capability", lambda device: (9, 0))
+    monkeypatch.setattr(a8, "sage_available", lambda: True)
+    monkeypatch.setattr(a8, "sage_version", lambda: "2.2.0")
+    monkeypatch.setattr(a8, "_sage_checked", {})
+    calls = []
+
+    def broken(backend, out, q, k, v, qk=None, pv=None):
+        calls.append(backend)
+        raise AssertionError("SM90 kernel is not available")
+    monkeypatch.setattr(a8, "attention_8bit", broken)
+    monkeypatch.setattr(torch, "randn", lambda *a, **kw: torch.zeros(a))  # no CUDA here: stand-ins
+    for _ in range(2):
+        assert a8.resolve("sage", "cuda", 128, torch.bfloat16) == "off"
+    assert calls == ["sage"]  # tried once per device
+    msgs = _warnings(caplog)
+    assert len(msgs) == 1 and "sageattention 2.2.0 did not run" in msgs[0].getMessage()
+    assert "SM90 kernel is not available" in msgs[0].getMessage()
 
 
 @pytest.mark.parametrize("kind", ["int8", "fp8"])
