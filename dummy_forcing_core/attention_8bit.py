@@ -94,12 +94,28 @@ def _sage_problem(device) -> str | None:
             q = torch.randn(1, 128, 1, 128, device=device, dtype=torch.bfloat16)
             kv = torch.randn(1, 1, 128, 128, device=device, dtype=torch.bfloat16)
             out = torch.empty_like(q)
-            attention_8bit("sage", out, q, kv, kv)
+            _sage_into(out, q, kv, kv)
             torch.cuda.synchronize(device)
             _sage_checked[key] = None if bool(torch.isfinite(out).all()) else "its output was not finite"
         except Exception as err:  # noqa: BLE001 - any failure: the exact path, said once
             _sage_checked[key] = f"{type(err).__name__}: {str(err)[:200]}"
     return _sage_checked[key]
+
+
+SAGE2_HOPPER_MIN_QUERIES = 8192
+_sage_min: dict[str, int] = {}
+
+
+def sage_min_queries(device) -> int:
+    """Fewest query tokens a call needs to go to ``sageattn``; shorter calls run exact (SDPA).
+    SageAttention 2 on Hopper (compute capability 9.0) beat cuDNN's bf16 attention at 10800+
+    query tokens (720p / 1080p chunks: 1.06-1.33x) and lost below (480p chunks, 4680: 0.58-0.83x;
+    bench/RESULTS.md); elsewhere every call goes to it (0)."""
+    key = str(device)
+    if key not in _sage_min:
+        cap = _cuda_capability(device)
+        _sage_min[key] = SAGE2_HOPPER_MIN_QUERIES if cap == (9, 0) and _sage_major() >= 2 else 0
+    return _sage_min[key]
 
 
 def _sage_major() -> int:
@@ -171,16 +187,22 @@ def attention_8bit(backend: str, out: torch.Tensor, q: torch.Tensor, k: torch.Te
     if backend == "off":
         return sdpa_into(out, q, k, v)
     if backend == "sage":
-        from sageattention import sageattn  # optional package, present when resolve() chose it
-
-        # version 1 smooths k in place; version 2 subtracts k's mean into its own int8 copy
-        kk = k if _sage_major() >= 2 else k.clone()
-        o = sageattn(q.transpose(1, 2), kk, v, tensor_layout="HND", is_causal=False)
-        out.copy_(o.transpose(1, 2))
-        return out
+        if q.shape[1] < sage_min_queries(q.device):
+            return sdpa_into(out, q, k, v)
+        return _sage_into(out, q, k, v)
     if backend != "triton":
         raise ValueError(f"unknown 8-bit attention backend {backend!r}")
     return _triton_attention(out, q, k, v, qk or QK, pv or PV)
+
+
+def _sage_into(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from sageattention import sageattn  # optional package, present when resolve() chose it
+
+    # version 1 smooths k in place; version 2 subtracts k's mean into its own int8 copy
+    kk = k if _sage_major() >= 2 else k.clone()
+    o = sageattn(q.transpose(1, 2), kk, v, tensor_layout="HND", is_causal=False)
+    out.copy_(o.transpose(1, 2))
+    return out
 
 
 # ------------------------------------------------------------------------------- quantization

@@ -73,10 +73,10 @@ def test_sage_that_cannot_run_here_falls_back_before_the_video(monkeypatch, capl
     monkeypatch.setattr(a8, "_sage_checked", {})
     calls = []
 
-    def broken(backend, out, q, k, v, qk=None, pv=None):
-        calls.append(backend)
+    def broken(out, q, k, v):
+        calls.append("sage")
         raise AssertionError("SM90 kernel is not available")
-    monkeypatch.setattr(a8, "attention_8bit", broken)
+    monkeypatch.setattr(a8, "_sage_into", broken)
     monkeypatch.setattr(torch, "randn", lambda *a, **kw: torch.zeros(a))  # no CUDA here: stand-ins
     for _ in range(2):
         assert a8.resolve("sage", "cuda", 128, torch.bfloat16) == "off"
@@ -206,3 +206,24 @@ def test_fused_forward_reads_inference_tensor_weights():
     got = _chunks(ChunkRunner(m, fast=FastOptions()), "cpu", torch.float32)
     want = _chunks(ChunkRunner(plain, fast=FastOptions()), "cpu", torch.float32)
     assert torch.equal(got, want)
+
+
+def test_sage_2_on_hopper_takes_the_long_calls_only(monkeypatch):
+    """SageAttention 2 on Hopper lost to cuDNN below 8192 query tokens (480p chunks): those calls
+    run exact; longer ones and other GPUs go to sageattn."""
+    q = torch.randn(1, 16, 2, 8)
+    k, v = torch.randn(1, 2, 24, 8), torch.randn(1, 2, 24, 8)
+    sent = []
+    monkeypatch.setattr(a8, "_sage_into", lambda out, q, k, v: sent.append(q.shape[1]) or out.fill_(0))
+    for cap, major, want_min in (((9, 0), 2, 8192), ((9, 0), 1, 0), ((8, 9), 2, 0), ((12, 0), 2, 0)):
+        monkeypatch.setattr(a8, "_cuda_capability", lambda device: cap)
+        monkeypatch.setattr(a8, "_sage_major", lambda: major)
+        monkeypatch.setattr(a8, "_sage_min", {})
+        assert a8.sage_min_queries("cuda") == want_min
+        monkeypatch.setattr(a8, "_sage_min", {"cpu": want_min})  # the inputs below live on the CPU
+        sent.clear()
+        out = a8.attention_8bit("sage", torch.full_like(q, float("nan")), q, k, v)
+        if want_min > q.shape[1]:  # exact: equals SDPA
+            assert sent == [] and torch.allclose(out, a8.sdpa_into(torch.empty_like(q), q, k, v))
+        else:
+            assert sent == [16] and torch.all(out == 0)
