@@ -12,18 +12,23 @@ products in 8 bits on the GPU's matrix units:
 
 Backends (``BACKENDS``): ``"off"`` is the exact path (SDPA); ``"triton"`` this module's
 kernels (Triton; int8 q k^T and 16-bit p v by default, compute capability 8.0+; fp8 needs
-8.9+); ``"sage"`` the ``sageattention`` package's ``sageattn`` (int8 q k^T, fp16 p v; what
-ComfyUI's ``--use-sage-attention`` loads), called on a copy of k since it smooths k in place;
+8.9+); ``"sage"`` the ``sageattention`` package's ``sageattn`` (what ComfyUI's
+``--use-sage-attention`` loads; version 1: int8 q k^T, fp16 p v, Triton, called on a copy of
+k since it smooths k in place; version 2: int8 q k^T, fp8 p v, CUDA kernels per GPU family,
+built from source: ``bench/build_sageattention.py``); on Hopper, SageAttention 2 takes only
+the calls of :data:`SAGE2_HOPPER_MIN_QUERIES`+ query tokens (:func:`sage_min_queries`);
 ``"auto"``: ``triton`` (else ``sage``) on GeForce-class GPUs (compute capability 8.9 and 12.x,
 whose 8-bit products run at 2-4x their bf16 products with float32 sums), ``off`` elsewhere:
 on an H200 cuDNN's bf16 attention ran at 480-615 TFLOP/s at our shapes, these kernels at
-300-550 and sageattention 1 at 255-426 (``bench/bench_attention.py``, bench/RESULTS.md).
+300-550, sageattention 1 at 255-426 and sageattention 2 at 280-390 on 480p chunks and
+590-740 on 720p / 1080p ones (``bench/bench_attention.py``, bench/RESULTS.md).
 :func:`resolve` turns a choice into a runnable backend and says once, in one log line, why
 it falls back to ``off`` (CPU, an older GPU, no Triton, the package missing): never an error
 in the middle of a video.
 
 Accuracy (H200, random inputs with 4 biased k channels, vs float32 SDPA; bf16 SDPA: 0.2 %):
-int8 q k^T + 16-bit p v 2.5 % (sageattention 1: 2.5 %), + fp8 p v 4 %, fp8 q k^T + fp8 p v 8 %.
+int8 q k^T + 16-bit p v 2.5 % (sageattention 1: 2.5 %), + fp8 p v 4 % (sageattention 2: 3.7-4.0 %),
+fp8 q k^T + fp8 p v 8 %.
 
 Shapes: q ``[B, Lq, H, D]`` (any strides, last dim contiguous: a slice of the fused QKV
 product), k / v ``[B, H, Lk, D]`` (the cache group's ``[context | chunk]``); the result goes
