@@ -18,7 +18,8 @@ k since it smooths k in place; version 2: int8 q k^T, fp8 p v, CUDA kernels per 
 built from source: ``bench/build_sageattention.py``); on Hopper, SageAttention 2 takes only
 the calls of :data:`SAGE2_HOPPER_MIN_QUERIES`+ query tokens (:func:`sage_min_queries`);
 ``"auto"``: ``triton`` (else ``sage``) on GeForce-class GPUs (compute capability 8.9 and 12.x,
-whose 8-bit products run at 2-4x their bf16 products with float32 sums), ``off`` elsewhere:
+whose 8-bit products run at 2-4x their bf16 products with float32 sums), ``sage`` on Hopper
+with SageAttention 2 installed, ``off`` elsewhere:
 on an H200 cuDNN's bf16 attention ran at 480-615 TFLOP/s at our shapes, these kernels at
 300-550, sageattention 1 at 255-426 and sageattention 2 at 280-390 on 480p chunks and
 590-740 on 720p / 1080p ones (``bench/bench_attention.py``, bench/RESULTS.md).
@@ -149,9 +150,12 @@ def resolve(choice: str, device, head_dim: int, dtype: torch.dtype) -> str:
         why = f"it needs a bf16 / fp16 model (this one computes in {str(dtype).replace('torch.', '')})"
     elif head_dim not in (64, 128):
         why = f"it needs a head dim of 64 or 128 (this model's is {head_dim})"
+    if why is None and choice == "auto" and cap == (9, 0) and sage_available() and _sage_major() >= 2:
+        choice = "sage"  # Hopper: SageAttention 2 beat cuDNN on 720p / 1080p chunks (sage_min_queries)
     if why is None and choice == "auto" and not _geforce_class(cap):
         _say_once(f"Dummy Forcing: 8-bit attention (auto) stays off on this GPU (compute capability "
-                  f"{cap[0]}.{cap[1]}): cuDNN's bf16 attention is faster there (measured on an H200)")
+                  f"{cap[0]}.{cap[1]}): cuDNN's bf16 attention is faster there than the 8-bit kernels "
+                  f"installed (measured on an H200; SageAttention 2 would be used on Hopper)")
         return "off"
     if why is None and choice in ("auto", "triton"):
         need = (8, 9) if "fp8" in (QK, PV) else (8, 0)

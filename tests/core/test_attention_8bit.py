@@ -42,7 +42,9 @@ def test_resolve_falls_back_to_exact_attention_with_one_log_line(caplog):
 
 
 @pytest.mark.parametrize("cap, triton_ok, sage, choice, want", [
-    ((9, 0), True, True, "auto", "off"),       # Hopper: cuDNN bf16 measured faster
+    ((9, 0), True, True, "auto", "off"),       # Hopper, sageattention 1: cuDNN bf16 measured faster
+    ((9, 0), True, 2, "auto", "sage"),         # Hopper, sageattention 2: faster on long calls
+    ((8, 0), True, 2, "auto", "off"),          # Ampere
     ((8, 9), True, False, "auto", "triton"),   # Ada
     ((12, 0), False, True, "auto", "sage"),    # consumer Blackwell without Triton
     ((9, 0), True, False, "triton", "triton"),
@@ -54,7 +56,8 @@ def test_resolve_by_gpu_and_packages(monkeypatch, caplog, cap, triton_ok, sage, 
     caplog.set_level(logging.WARNING)
     monkeypatch.setattr(a8, "_cuda_capability", lambda device: cap)
     monkeypatch.setattr(a8, "HAVE_TRITON", triton_ok)
-    monkeypatch.setattr(a8, "sage_available", lambda: sage)
+    monkeypatch.setattr(a8, "sage_available", lambda: bool(sage))
+    monkeypatch.setattr(a8, "_sage_major", lambda: 2 if sage == 2 else 1)
     monkeypatch.setattr(a8, "_sage_problem", lambda device: None)
     assert a8.resolve(choice, "cuda", 128, torch.bfloat16) == want
     if want == "off":
