@@ -20,6 +20,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from .fast_kernels import copy_rows
 from .kv_cache import KVCache, LayerCache
 
 __all__ = ["ATTENTION_CHOICES", "attention_backends", "attend", "attend_ordered", "count_full_pass"]
@@ -116,8 +117,8 @@ def attend_ordered(cache: KVCache, layer_index: int, q: torch.Tensor, k: torch.T
             if kernel is not None:
                 kernel(out[:, :, a:b], q[:, :, a:b], keys, values)
             else:
-                out[:, :, a:b] = F.scaled_dot_product_attention(q[:, :, a:b].transpose(1, 2), keys,
-                                                                values).transpose(1, 2)
+                copy_rows(out[:, :, a:b], F.scaled_dot_product_attention(q[:, :, a:b].transpose(1, 2), keys,
+                                                                         values).transpose(1, 2))
     if main is not None:
         main.wait_stream(side_stream)
     return out

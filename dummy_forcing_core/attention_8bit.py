@@ -45,7 +45,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .fast_kernels import HAVE_TRITON, triton, tl
+from .fast_kernels import HAVE_TRITON, copy_rows, triton, tl
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,7 @@ def _geforce_class(cap: tuple[int, int]) -> bool:
 def sdpa_into(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The exact path: ``out[...] = SDPA(q, k, v)`` with q / out ``[B, Lq, H, D]``, k / v
     ``[B, H, Lk, D]``."""
-    out.copy_(F.scaled_dot_product_attention(q.transpose(1, 2), k, v).transpose(1, 2))
-    return out
+    return copy_rows(out, F.scaled_dot_product_attention(q.transpose(1, 2), k, v).transpose(1, 2))
 
 
 def attention_8bit(backend: str, out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -210,8 +209,7 @@ def _sage_into(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     # version 1 smooths k in place; version 2 subtracts k's mean into its own int8 copy
     kk = k if _sage_major() >= 2 else k.clone()
     o = sageattn(q.transpose(1, 2), kk, v, tensor_layout="HND", is_causal=False)
-    out.copy_(o.transpose(1, 2))
-    return out
+    return copy_rows(out, o.transpose(1, 2))
 
 
 # ------------------------------------------------------------------------------- quantization

@@ -49,6 +49,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from .fast_kernels import copy_rows
+
 __all__ = ["Retention", "FULL", "Segment", "GroupSpec", "HeadGroup", "LayerCache", "FlopCounter", "KVCache",
            "kv_bytes"]
 
@@ -222,8 +224,8 @@ class HeadGroup:
         if end > self.k.shape[2]:
             raise RuntimeError(f"KV cache group '{self.name}' overflow: {end} > {self.k.shape[2]} tokens; "
                                "a chunk is longer than the cache was built for")
-        self.k[:, :, start:end].copy_(k)
-        self.v[:, :, start:end].copy_(v)
+        copy_rows(self.k[:, :, start:end], k)
+        copy_rows(self.v[:, :, start:end], v)
         self.chunk_tokens = k.shape[2]
         return self.k[:, :, :end], self.v[:, :, :end]
 

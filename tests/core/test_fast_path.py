@@ -182,6 +182,14 @@ for cs in ((t.cos, t.sin), (None, None)):
     a = fk.rms_norm_rope(qkv[:, H * D:2 * H * D], w, 1e-6, *cs, Fr * T)
     b = fk.rms_norm_rope(qkv[:, H * D:2 * H * D], w, 1e-6, *cs, Fr * T, use_triton=False)
     assert (a - b).abs().max() < 1e-4
+# copy_rows: token-major <-> head-major slices (the copies around attention), bitwise
+src = torch.randn(2, 7, 6, 16, generator=g).to(torch.bfloat16)
+for s_view, d_shape in ((src.transpose(1, 2), (2, 6, 7 + 5, 16)), (src[:, :, 1:4], (2, 7, 9, 16))):
+    big = torch.full(d_shape, float("nan"), dtype=torch.bfloat16)
+    dst = big[:, :, 2:2 + s_view.shape[2]]
+    assert fk.triton_usable(s_view)
+    fk.copy_rows(dst, s_view)
+    assert torch.equal(dst, s_view) and torch.isnan(big).sum() == big.numel() - dst.numel()
 print("ok")
 """
 
