@@ -57,7 +57,8 @@ if HAVE_TRITON:
                              C, rows_per_batch, rows_per_frame,
                              g_sb, g_sf, m_sb, m_sf, a_sb, a_sf, eps,
                              HAS_Y: tl.constexpr, HAS_G: tl.constexpr, WRITE_X: tl.constexpr,
-                             HAS_MUL: tl.constexpr, HAS_ADD: tl.constexpr, BLOCK: tl.constexpr):
+                             HAS_MUL: tl.constexpr, HAS_ADD: tl.constexpr, CLAMP: tl.constexpr,
+                             BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         b = row // rows_per_batch
         f = (row % rows_per_batch) // rows_per_frame
@@ -80,6 +81,8 @@ if HAVE_TRITON:
             h = h * tl.load(MUL + b * m_sb + f * m_sf + cols, mask=m, other=0.0).to(tl.float32)
         if HAS_ADD:
             h = h + tl.load(ADD + b * a_sb + f * a_sf + cols, mask=m, other=0.0).to(tl.float32)
+        if CLAMP:  # an e4m3 h (an fp8 product's input): e4m3's range
+            h = tl.minimum(tl.maximum(h, -448.0), 448.0)
         tl.store(H + row * C + cols, h.to(H.dtype.element_ty), mask=m)
 
     @triton.jit
@@ -164,9 +167,12 @@ def _expand(v: torch.Tensor | None, B: int, Fr: int, C: int, work) -> torch.Tens
 def residual_norm_modulate(x: torch.Tensor, frames: int, eps: float, y: torch.Tensor | None = None,
                            gate: torch.Tensor | None = None, mul: torch.Tensor | None = None,
                            add: torch.Tensor | None = None, write_x: bool = True,
-                           out: torch.Tensor | None = None, use_triton: bool | None = None) -> torch.Tensor:
+                           out: torch.Tensor | None = None, use_triton: bool | None = None,
+                           e4m3: bool = False) -> torch.Tensor:
     """``x <- x + y * gate`` (in place, when ``y`` is given and ``write_x``), then return
-    ``h = LayerNorm(x) * mul + add`` (LayerNorm without affine, over the last dim).
+    ``h = LayerNorm(x) * mul + add`` (LayerNorm without affine, over the last dim); ``e4m3``:
+    h clamped to e4m3's range and stored as float8_e4m3fn (the input of fp8 products, rounded
+    once from float32, where a separate :func:`quantize_e4m3` rounds x's dtype again).
 
     x, y: [B, L, C] contiguous, L = frames * tokens per frame; gate, mul, add: [C], [F, C] or
     [B, F, C] (any float dtype; unit stride over C), each row uses its frame's vector.
@@ -179,7 +185,7 @@ def residual_norm_modulate(x: torch.Tensor, frames: int, eps: float, y: torch.Te
         raise ValueError(f"{L} tokens are not {frames} whole frames")
     if y is not None and (y.shape != x.shape or not y.is_contiguous()):
         raise ValueError(f"y must be contiguous and shaped like x {tuple(x.shape)}, got {tuple(y.shape)}")
-    h = torch.empty_like(x) if out is None else out
+    h = torch.empty_like(x, dtype=torch.float8_e4m3fn if e4m3 else x.dtype) if out is None else out
     if use_triton is not False and triton_usable(x) and (y is None or y.dtype == x.dtype):
         g, g_sb, g_sf = _vec_strides(gate, B, frames, C)
         m, m_sb, m_sf = _vec_strides(mul, B, frames, C)
@@ -190,7 +196,7 @@ def residual_norm_modulate(x: torch.Tensor, frames: int, eps: float, y: torch.Te
             m if m is not None else x, a if a is not None else x,
             C, L, L // frames, g_sb, g_sf, m_sb, m_sf, a_sb, a_sf, float(eps),
             HAS_Y=y is not None, HAS_G=gate is not None, WRITE_X=bool(write_x and y is not None),
-            HAS_MUL=mul is not None, HAS_ADD=add is not None, BLOCK=block,
+            HAS_MUL=mul is not None, HAS_ADD=add is not None, CLAMP=h.dtype == torch.float8_e4m3fn, BLOCK=block,
             num_warps=8 if block >= 2048 else 4)
         return h
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -208,6 +214,8 @@ def residual_norm_modulate(x: torch.Tensor, frames: int, eps: float, y: torch.Te
         hw = hw * _expand(mul, B, frames, C, work)
     if add is not None:
         hw = hw + _expand(add, B, frames, C, work)
+    if h.dtype == torch.float8_e4m3fn:
+        hw = hw.clamp(-448.0, 448.0)
     h.view(B, frames, L // frames, C).copy_(hw)
     return h
 

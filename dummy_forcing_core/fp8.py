@@ -63,21 +63,27 @@ def fp8_products(weight: torch.Tensor, fp8_matmul: bool) -> bool:
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tensor | None,
-               fp8_matmul: bool = False, gelu_input: bool = False) -> torch.Tensor:
+               fp8_matmul: bool = False, gelu_input: bool = False, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``x @ (weight * scale).T + bias`` for an fp8 ``weight`` [N, K]; x [..., K] in the compute
-    dtype; ``scale``: None, a scalar, or one per output row [N]. ``fp8_matmul``: an fp8 product
-    where :func:`fp8_products` says so, else a cast. ``gelu_input``: multiply GELU_tanh(x)
-    instead (fused into the fp8 cast of x)."""
+    dtype, or already float8_e4m3fn (clamped: e.g. ``residual_norm_modulate(e4m3=True)``; then
+    ``out_dtype`` names the compute dtype and the product must be fp8); ``scale``: None, a
+    scalar, or one per output row [N]. ``fp8_matmul``: an fp8 product where
+    :func:`fp8_products` says so, else a cast. ``gelu_input``: multiply GELU_tanh(x) instead
+    (fused into the fp8 cast of x)."""
+    pre = x.dtype == torch.float8_e4m3fn
+    if pre and (out_dtype is None or gelu_input or not fp8_products(weight, fp8_matmul)):
+        raise ValueError("an e4m3 input needs out_dtype, no GELU, and an fp8 product")
+    out_dtype = out_dtype or x.dtype
     if fp8_products(weight, fp8_matmul):
         shape = x.shape
-        a = quantize_e4m3(x.reshape(-1, shape[-1]).contiguous(), gelu=gelu_input)
+        a = x.reshape(-1, shape[-1]) if pre else quantize_e4m3(x.reshape(-1, shape[-1]).contiguous(), gelu=gelu_input)
         if scale is not None and scale.ndim == 1:  # row-wise scales need row-wise ones for the input
             sa = torch.ones((a.shape[0], 1), dtype=torch.float32, device=x.device)
             sw = scale.to(device=x.device, dtype=torch.float32).reshape(1, -1).contiguous()
         else:
             sa = _one(x.device)
             sw = scale.to(device=x.device, dtype=torch.float32) if scale is not None else _one(x.device)
-        out = torch._scaled_mm(a, weight.t(), scale_a=sa, scale_b=sw, bias=bias, out_dtype=x.dtype,
+        out = torch._scaled_mm(a, weight.t(), scale_a=sa, scale_b=sw, bias=bias, out_dtype=out_dtype,
                                use_fast_accum=True)
         return out.view(*shape[:-1], weight.shape[0])
     if gelu_input:

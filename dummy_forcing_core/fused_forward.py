@@ -258,8 +258,13 @@ class FusedForward:
 
     def _mm(self, x: torch.Tensor, lin: Lin) -> torch.Tensor:
         if is_fp8(lin.w):
-            return fp8_linear(x, lin.w, lin.b, lin.scale, self._fp8_matmul())
+            return fp8_linear(x, lin.w, lin.b, lin.scale, self._fp8_matmul(), out_dtype=self.dtype)
         return F.linear(x, lin.w, lin.b)
+
+    def _e4m3_input(self, m) -> bool:
+        """Whether the linear layer ``m`` multiplies in fp8, so the norm before it writes its
+        input as e4m3 at once (``residual_norm_modulate(e4m3=True)``: no separate cast)."""
+        return is_fp8(m.weight) and fp8_products(m.weight, self._fp8_matmul())
 
     def _cast(self, t: torch.Tensor | None) -> torch.Tensor | None:
         """A small parameter in the compute dtype (kept until the parameter changes)."""
@@ -484,7 +489,8 @@ class FusedForward:
                 self._side = torch.cuda.Stream(self.device)
             side = self._side
         mod = mods(0)
-        h = self._norm_mod(x_, Fr, _eps(blocks[0].norm1, dt), mul=mod[:, :, 1], add=mod[:, :, 0])
+        h = self._norm_mod(x_, Fr, _eps(blocks[0].norm1, dt), mul=mod[:, :, 1], add=mod[:, :, 0],
+                           e4m3=self._e4m3_input(blocks[0].self_attn.q))
         with attention_backends(self.opts.attention, self.device):
             for i, block in enumerate(blocks):
                 sa, ca = block.self_attn, block.cross_attn
@@ -516,23 +522,27 @@ class FusedForward:
                     y = self._mm(att.reshape(B, L, C), lw.o)
                 # x += y * gate1; h = norm3(x)
                 h = self._norm_mod(x_, Fr, _eps(block.norm3, dt), y=y, gate=mod[:, :, 2],
-                                   mul=self._cast(block.norm3.weight), add=self._cast(block.norm3.bias))
+                                   mul=self._cast(block.norm3.weight), add=self._cast(block.norm3.bias),
+                                   e4m3=self._e4m3_input(ca.q))
                 cq = self._mm(h, self._lin(ca.q)).view(B * L, C)
                 cq = self._rms(cq, self._cast(ca.norm_q.weight), _eps(ca.norm_q, dt), None, None, L).view(B, L, H, D)
                 ck, cv = text.kv[i]
                 cy = F.scaled_dot_product_attention(cq.transpose(1, 2), ck, cv).transpose(1, 2).reshape(B, L, C)
                 y = self._mm(cy, self._lin(ca.o))
                 # x += cross; h = norm2(x) * (1 + scale2) + shift2
-                h = self._norm_mod(x_, Fr, _eps(block.norm2, dt), y=y, mul=mod[:, :, 4], add=mod[:, :, 3])
+                h = self._norm_mod(x_, Fr, _eps(block.norm2, dt), y=y, mul=mod[:, :, 4], add=mod[:, :, 3],
+                                   e4m3=self._e4m3_input(block.ffn[0]))
                 y = self._ffn(h, self._lin(block.ffn[0]), self._lin(block.ffn[2]))
                 gate2 = mod[:, :, 5]
                 if i + 1 < nl:  # x += ffn * gate2; h = next norm1(x) * (1 + scale1) + shift1
                     mod = mods(i + 1)
                     h = self._norm_mod(x_, Fr, _eps(blocks[i + 1].norm1, dt), y=y, gate=gate2,
-                                       mul=mod[:, :, 1], add=mod[:, :, 0])
+                                       mul=mod[:, :, 1], add=mod[:, :, 0],
+                                       e4m3=self._e4m3_input(blocks[i + 1].self_attn.q))
                 else:  # x += ffn * gate2; h = head norm(x) * (1 + scale) + shift
                     h = self._norm_mod(x_, Fr, _eps(m.head.norm, dt), y=y, gate=gate2,
-                                       mul=head_mod[:, :, 1], add=head_mod[:, :, 0], write_x=False)
+                                       mul=head_mod[:, :, 1], add=head_mod[:, :, 0], write_x=False,
+                                       e4m3=self._e4m3_input(m.head.head))
         return self._mm(h, self._lin(m.head.head)), grid
 
 

@@ -303,3 +303,47 @@ def test_comfyui_fp8_weight_dtype_runs_the_fused_path():
     ref2 = generate(ChunkRunner(model, dtype=torch.float32, fast=False), ctx(), shape, st, spec)
     got2 = generate(fast, ctx(), shape, st, spec)
     assert rel(got2.latent, ref2.latent) < 1e-5 and rel(got2.latent, got.latent) > 1e-4
+
+
+def test_norms_write_fp8_product_inputs_as_e4m3(monkeypatch):
+    """With fp8 products the norms before the QKV, cross-attention q, FFN and head products write
+    their output as e4m3 (rounded once from float32) instead of a second cast pass: the video
+    stays within e4m3 rounding of the separate casts, and fewer casts run. Run on the CPU, whose
+    torch._scaled_mm stands in for the GPU's (where this torch has one)."""
+    from dummy_forcing_core import fast_kernels, fp8, fused_forward
+
+    try:
+        torch._scaled_mm(torch.zeros(16, 16).to(torch.float8_e4m3fn), torch.zeros(16, 16).to(torch.float8_e4m3fn).t(),
+                         scale_a=torch.tensor(1.0), scale_b=torch.tensor(1.0), out_dtype=torch.float32)
+    except (RuntimeError, NotImplementedError) as err:
+        pytest.skip(f"torch._scaled_mm on the CPU: {err}")
+    monkeypatch.setattr(fused_forward, "fp8_matmul_available", lambda device: True)
+    casts = []
+    real_cast = fast_kernels.quantize_e4m3
+    monkeypatch.setattr(fp8, "quantize_e4m3", lambda x, **kw: casts.append(x.shape) or real_cast(x, **kw))
+    model = quantize_fp8(make_tiny_wan(layers=2, heads=4, head_dim=16, seed=5, dtype=torch.float32))
+    st = SamplerSettings(timesteps=(1000, 500), seed=2)
+    shape = (1, 16, 6, H_LAT, W_LAT)
+    runs, n_casts = {}, {}
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(fused_forward.FusedForward, "_e4m3_input", lambda self, m: False)
+        casts.clear()
+        runner = ChunkRunner(model, dtype=torch.float32, fast=FastOptions(fp8_matmul=True))
+        assert runner.fast_path is not None and runner.fast_path._fp8_matmul(), runner.fast_reason
+        runs[fused], n_casts[fused] = generate(runner, ctx(), shape, st).latent, len(casts)
+    # per layer: QKV, cross q and FFN inputs come from the norms (the head is not fp8 here)
+    assert n_casts[True] < n_casts[False] and n_casts[False] - n_casts[True] >= 3 * 2, n_casts
+    assert torch.isfinite(runs[True]).all() and rel(runs[True], runs[False]) < 0.05
+
+
+def test_residual_norm_modulate_e4m3_output():
+    from dummy_forcing_core.fast_kernels import quantize_e4m3, residual_norm_modulate
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(1, 12, 32, generator=g), torch.randn(1, 12, 32, generator=g)
+    mul = torch.randn(3, 32, generator=g) * 200  # some values beyond e4m3's 448: clamped
+    h8 = residual_norm_modulate(x.clone(), 3, 1e-6, y=y, mul=mul, e4m3=True)
+    h = residual_norm_modulate(x.clone(), 3, 1e-6, y=y, mul=mul)
+    assert h8.dtype == torch.float8_e4m3fn and h.abs().max() > 448
+    assert torch.equal(h8.float(), quantize_e4m3(h).float())  # float32 h: the same single rounding
