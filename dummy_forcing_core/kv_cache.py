@@ -43,6 +43,7 @@ This module only stores; attention over it and its FLOP counting live in ``atten
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
@@ -87,17 +88,14 @@ class Retention:
 
     def kept_frame_ids(self, history: int) -> list[int]:
         """Absolute frame indices held after ``history`` frames were committed, in storage order."""
-        static = min(self.sink, history)
-        rest = max(0, history - max(static, self.window_from))
-        win = rest if self.window is None else min(self.window, rest)
-        return list(range(static)) + list(range(history - win, history))
+        return list(_kept_ids(self, history))
 
     def kept(self, history: int) -> int:
-        return len(self.kept_frame_ids(history))
+        return len(_kept_ids(self, history))
 
     def most_kept(self, max_history: int) -> int:
         """The most frames held at any history up to ``max_history``."""
-        return max((self.kept(h) for h in range(max_history + 1)), default=0)
+        return _most_kept(self, max_history)
 
     def capacity_for(self, total_frames: int, chunk_frames: int) -> int:
         """Frames a group must hold over a video of ``total_frames``: the most it keeps plus
@@ -107,6 +105,20 @@ class Retention:
 
 
 FULL = Retention()
+
+
+# memoized (a regroup asks per head row and per layer; Retention is frozen, so hashable)
+@functools.lru_cache(maxsize=4096)
+def _kept_ids(ret: Retention, history: int) -> tuple[int, ...]:
+    static = min(ret.sink, history)
+    rest = max(0, history - max(static, ret.window_from))
+    win = rest if ret.window is None else min(ret.window, rest)
+    return tuple(range(static)) + tuple(range(history - win, history))
+
+
+@functools.lru_cache(maxsize=1024)
+def _most_kept(ret: Retention, max_history: int) -> int:
+    return max((len(_kept_ids(ret, h)) for h in range(max_history + 1)), default=0)
 
 
 class Segment(NamedTuple):
@@ -614,7 +626,10 @@ def _rows(rows: list[int], device):
     """A slice when the rows are consecutive, else an index tensor on ``device``."""
     if rows == list(range(rows[0], rows[0] + len(rows))):
         return slice(rows[0], rows[0] + len(rows))
-    return torch.tensor(rows, dtype=torch.long).to(device)
+    t = torch.tensor(rows, dtype=torch.long)
+    if torch.device(device).type == "cuda":  # from pinned memory: no host sync per index list
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _runs(src_positions: list[int]) -> list[tuple[int, int, int]]:
