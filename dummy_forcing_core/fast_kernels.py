@@ -110,7 +110,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _copy_rows_kernel(S, Dst, n_rows, N1, N2, s0, s1, s2, d0, d1, d2,
-                          D: tl.constexpr, BLOCK_R: tl.constexpr):
+                          D: tl.constexpr, BLOCK_R: tl.constexpr, CLAMP: tl.constexpr):
         r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
         m = r < n_rows
         i2 = r % N2
@@ -119,7 +119,10 @@ if HAVE_TRITON:
         i0 = t // N1
         cols = tl.arange(0, D)
         x = tl.load(S + (i0 * s0 + i1 * s1 + i2 * s2)[:, None] + cols[None, :], mask=m[:, None])
-        tl.store(Dst + (i0 * d0 + i1 * d1 + i2 * d2)[:, None] + cols[None, :], x, mask=m[:, None])
+        if CLAMP:  # into e4m3 (an fp8 product's input): e4m3's range
+            x = tl.minimum(tl.maximum(x.to(tl.float32), -448.0), 448.0)
+        tl.store(Dst + (i0 * d0 + i1 * d1 + i2 * d2)[:, None] + cols[None, :], x.to(Dst.dtype.element_ty),
+                 mask=m[:, None])
 
     @triton.jit
     def _e4m3_kernel(X, Y, n, top, GELU: tl.constexpr, BLOCK: tl.constexpr):
@@ -280,17 +283,19 @@ def quantize_e4m3(x: torch.Tensor, gelu: bool = False, use_triton: bool | None =
 
 
 def copy_rows(dst: torch.Tensor, src: torch.Tensor, use_triton: bool | None = None) -> torch.Tensor:
-    """``dst.copy_(src)`` for 4-d tensors of one shape and dtype whose last dim is contiguous
-    on both sides (any other strides) and a power of two from 16 to 256; other cases, the CPU
-    or ``use_triton=False``: ``Tensor.copy_``. Returns dst."""
+    """``dst.copy_(src)`` for 4-d tensors of one shape whose last dim is contiguous on both sides
+    (any other strides) and a power of two from 16 to 256; dst of src's dtype or float8_e4m3fn
+    (clamped to its range: an fp8 product's input); other cases, the CPU or
+    ``use_triton=False``: ``Tensor.copy_`` (clamped into e4m3). Returns dst."""
     D = src.shape[-1]
-    if (use_triton is False or src.dim() != 4 or dst.shape != src.shape or dst.dtype != src.dtype
+    e4m3 = dst.dtype == torch.float8_e4m3fn and src.dtype != dst.dtype
+    if (use_triton is False or src.dim() != 4 or dst.shape != src.shape or (dst.dtype != src.dtype and not e4m3)
             or src.stride(-1) != 1 or dst.stride(-1) != 1 or D < 16 or D > 256 or D & (D - 1)
             or not triton_usable(src) or src.device != dst.device or src.numel() == 0):
-        return dst.copy_(src)
+        return dst.copy_(src.clamp(-448.0, 448.0) if e4m3 else src)
     n0, n1, n2 = src.shape[:3]
     rows = n0 * n1 * n2
     block = max(1, 4096 // D)
     _copy_rows_kernel[(triton.cdiv(rows, block),)](src, dst, rows, n1, n2, *src.stride()[:3], *dst.stride()[:3],
-                                                   D=D, BLOCK_R=block, num_warps=4)
+                                                   D=D, BLOCK_R=block, CLAMP=e4m3, num_warps=4)
     return dst

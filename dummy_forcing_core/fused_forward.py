@@ -36,7 +36,7 @@ from torch import nn
 from . import attention_8bit
 from .attention import ATTENTION_CHOICES, attend_ordered, attention_backends
 from .cuda_graphs import PassGraphs
-from .fast_kernels import residual_norm_modulate, rms_norm_rope
+from .fast_kernels import copy_rows, residual_norm_modulate, rms_norm_rope
 from .fp8 import fp8_linear, fp8_matmul_available, fp8_products, fp8_scale, is_fp8
 from .wan_blocks import embed_patches, time_embed
 
@@ -527,8 +527,11 @@ class FusedForward:
                 cq = self._mm(h, self._lin(ca.q)).view(B * L, C)
                 cq = self._rms(cq, self._cast(ca.norm_q.weight), _eps(ca.norm_q, dt), None, None, L).view(B, L, H, D)
                 ck, cv = text.kv[i]
-                cy = F.scaled_dot_product_attention(cq.transpose(1, 2), ck, cv).transpose(1, 2).reshape(B, L, C)
-                y = self._mm(cy, self._lin(ca.o))
+                # token-major for the output product, written as e4m3 when that product is fp8
+                cy = torch.empty((B, L, H, D), device=self.device,
+                                 dtype=torch.float8_e4m3fn if self._e4m3_input(ca.o) else dt)
+                copy_rows(cy, F.scaled_dot_product_attention(cq.transpose(1, 2), ck, cv).transpose(1, 2))
+                y = self._mm(cy.view(B, L, C), self._lin(ca.o))
                 # x += cross; h = norm2(x) * (1 + scale2) + shift2
                 h = self._norm_mod(x_, Fr, _eps(block.norm2, dt), y=y, mul=mod[:, :, 4], add=mod[:, :, 3],
                                    e4m3=self._e4m3_input(block.ffn[0]))
