@@ -98,6 +98,7 @@ class AttentionProfiler:
     def reset(self):
         """Forget everything measured (and restart the sampling generators)."""
         self._sums = torch.zeros(self.num_layers, self.num_heads, 3, dtype=torch.float64)
+        self._finite = None  # device bool: every probed q and k was finite (no sync per call)
         self.layer_calls = torch.zeros(self.num_layers, dtype=torch.long)
         self.calls = 0
         self._cpu_seconds = 0.0
@@ -189,6 +190,10 @@ class AttentionProfiler:
         if self._sums.device != device:
             self._sums = self._sums.to(device)
         self._sums[layer] += (acc / (B * rows.numel())).to(torch.float64)
+        # NaN queries can come out of SDPA as 0 masses (seen with torch 2.13's CPU kernel): the
+        # scores then look finite, so the inputs' finiteness is kept apart
+        finite = torch.isfinite(q).all() & torch.isfinite(keys).all()
+        self._finite = finite if self._finite is None else self._finite & finite
         self.layer_calls[layer] += 1
         self.calls += 1
 
@@ -218,7 +223,8 @@ class AttentionProfiler:
         return [i for i in range(self.num_layers) if self.layer_calls[i] > 0]
 
     def scores(self) -> torch.Tensor:
-        """[num_layers, num_heads, 3] float32: (a_sink, a_neighbor, a_current) averaged over calls."""
+        """[num_layers, num_heads, 3] float32: (a_sink, a_neighbor, a_current) averaged over calls;
+        NaN where a probed q or k was not finite (the model made NaN / inf)."""
         missing = [i for i in range(self.num_layers) if self.layer_calls[i] == 0]
         if missing:
             what = "no layer was" if len(missing) == self.num_layers else f"layers {missing} were"
@@ -227,6 +233,8 @@ class AttentionProfiler:
         self._values_cache = None  # profiling is over: free the device buffer
         s = self._sums.cpu() / self.layer_calls[:, None, None].to(torch.float64)
         s = s / s.sum(dim=-1, keepdim=True).clamp_min(1e-300)
+        if self._finite is not None and not bool(self._finite):  # what was measured is not finite
+            s = torch.full_like(s, float("nan"))
         return s.to(torch.float32)
 
     def __repr__(self):

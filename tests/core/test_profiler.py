@@ -130,6 +130,22 @@ def test_float32_inputs_and_no_context():
     assert (prof.scores()[0, :, 0] == 0).all()
 
 
+@pytest.mark.parametrize("where", ["q", "keys"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_nan_input_makes_nan_scores(where, dtype):
+    """A NaN the model made must reach the scores (Dummy Forcing then names the model), also
+    where SDPA turns a NaN query row into zero masses (torch 2.13's CPU kernel does)."""
+    q, keys, grp = random_call(8, dtype=dtype)
+    (q if where == "q" else keys)[0, 1, 0, 0] = float("nan")
+    prof = AttentionProfiler(1, 3, sink_frames=3, sample_fraction=1.0)
+    prof(0, q, keys, grp)
+    assert torch.isnan(prof.scores()).all()
+    prof.reset()  # a new measurement starts finite
+    q, keys, grp = random_call(9, dtype=dtype)
+    prof(0, q, keys, grp)
+    assert torch.isfinite(prof.scores()).all()
+
+
 def test_errors():
     with pytest.raises(RuntimeError, match="probed"):
         AttentionProfiler(2, 3, 1).scores()
