@@ -201,6 +201,7 @@ class FusedForward:
         # last per-head order's, the base's dropped once another order runs (a QKV concat: cheap to redo)
         self.orders_kept = 1
         self._casts: dict[int, tuple] = {}  # id(param) -> (its version, the param in the compute dtype)
+        self._mod_stack: tuple | None = None  # (versions, the blocks' modulation tables stacked in float32)
         self._gelu_checked: bool | None = None
         self._consts: dict = {}
         self._side = None
@@ -342,6 +343,18 @@ class FusedForward:
         self._weights.clear()
         self._kept.clear()
         self._casts.clear()
+        self._mod_stack = None
+
+    def _modulation_stack(self, work: torch.dtype) -> torch.Tensor:
+        """[layers, 6, C] every block's modulation table in ``work`` (rebuilt when one changes)."""
+        tables = [b.modulation for b in self.model.blocks]
+        key = (work, tuple(_version(t) for t in tables))
+        hit = self._mod_stack
+        if hit is None or hit[0] != key:
+            C = self.g.dim
+            hit = self._mod_stack = (key, torch.stack([t.detach().to(device=self.device, dtype=work).reshape(6, C)
+                                                       for t in tables]))
+        return hit[1]
 
     def derived_bytes(self) -> int:
         """Bytes of the derived weight copies kept (permuted / fused / cast), not the model's own."""
@@ -351,6 +364,8 @@ class FusedForward:
         tensors = [t for w in kept for lin in (w.qkv, w.q, w.k, w.v, w.o) if lin is not None for t in lin]
         tensors += [t for w in kept for t in (w.nq, w.nk, w.gather, w.scatter)]
         tensors += [c for _, c in self._casts.values()]
+        if self._mod_stack is not None:
+            tensors.append(self._mod_stack[1])
         for t in tensors:
             if torch.is_tensor(t) and t.data_ptr() not in own and t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
@@ -478,8 +493,13 @@ class FusedForward:
         blocks = m.blocks
         nl = len(blocks)
 
-        def mods(i):  # [B, F, 6, C] in work: shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2
-            return blocks[i].modulation.to(work).view(1, 1, 6, C) + e0.to(work) + one
+        # [B, F, layers, 6, C] in work, one add for every layer: shift1, 1 + scale1, gate1,
+        # shift2, 1 + scale2, gate2 (the blocks' modulation tables are stacked once)
+        all_mods = self._modulation_stack(work).unsqueeze(0).unsqueeze(0) + e0.to(work).unsqueeze(2)
+        all_mods += one  # [6, 1]: the same sums, in the same order, as one layer at a time
+
+        def mods(i):  # [B, F, 6, C]
+            return all_mods[:, :, i]
 
         head_mod = m.head.modulation.to(work).view(1, 1, 2, C) + e.to(work).unsqueeze(2)
         head_mod = head_mod + self._const("head", [0.0, 1.0], work)

@@ -245,3 +245,19 @@ def test_graph_replay_bookkeeping_equals_eager(model, ctx, monkeypatch, case):
     assert graphed.stats.attn_flops == eager.stats.attn_flops
     assert graphed.stats.attn_flops_full == eager.stats.attn_flops_full
     assert graphed.stats.kv_bytes == eager.stats.kv_bytes
+
+
+def test_a_changed_modulation_table_is_seen(ctx):
+    """The fused path stacks the blocks' modulation tables once; an in-place change of one (a
+    LoRA applied in place, an edit) is seen on the next pass, and the video equals the
+    reference loop's."""
+    model = make_tiny_wan(layers=3, heads=4, head_dim=16, seed=11, dtype=torch.float64)
+    settings = SamplerSettings(chunk_frames=3, timesteps=(1000, 500), seed=4)
+    shape = (1, 16, 6, H_LAT, W_LAT)
+    runner = ChunkRunner(model, dtype=torch.float64, fast=FastOptions(cuda_graphs=False))
+    before = generate(runner, ctx, shape, settings).latent
+    with torch.no_grad():
+        model.blocks[1].modulation.add_(0.25)
+    after = generate(runner, ctx, shape, settings).latent
+    ref = generate(ChunkRunner(model, dtype=torch.float64, fast=False), ctx, shape, settings).latent
+    assert (after - ref).norm() / ref.norm() < 1e-10 and (after - before).norm() / before.norm() > 1e-4
