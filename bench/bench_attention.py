@@ -57,7 +57,7 @@ def methods():
                                                                                          qk, pv))(qk, pv)
     if a8.sage_available():
         ver = a8.sage_version()
-        what = "int8 qk, fp8 pv" if a8._sage_major() >= 2 else "int8 qk, fp16 pv"
+        what = "int8 qk, fp8 pv" if a8.sage_major() >= 2 else "int8 qk, fp16 pv"
         m[f"sageattention {ver} ({what})"] = lambda out, q, k, v: a8.attention_8bit("sage", out, q, k, v)
     return m
 

@@ -33,10 +33,24 @@ DROPPED_EXTENSIONS = ("if HAS_SM80 or HAS_SM86 or HAS_SM89 or HAS_SM90 or HAS_SM
 STREAM = "at::cuda::getCurrentCUDAStream()"
 
 
+def _top_level_split(text: str) -> list[str]:
+    """Split at the commas outside parentheses / braces (``dim3(n, h), 128`` -> two parts)."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c in "({[":
+            depth += 1
+        elif c in ")}]":
+            depth -= 1
+        elif c == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
 def on_current_stream(src: str) -> tuple[str, int]:
     """``kernel<<<grid, block[, smem]>>>`` -> ``kernel<<<grid, block, smem, current stream>>>``."""
     def launch(m):
-        args = [a.strip() for a in m.group(1).split(",")]
+        args = [a.strip() for a in _top_level_split(m.group(1))]
         if len(args) == 2:
             args.append("0")
         if len(args) != 3:

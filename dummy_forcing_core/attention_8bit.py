@@ -37,6 +37,7 @@ into ``out`` ``[B, Lq, H, D]`` (any strides), as the fused forward's ``out[:, :,
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import logging
@@ -120,19 +121,15 @@ def sage_min_queries(device) -> int:
     key = str(device)
     if key not in _sage_min:
         cap = _cuda_capability(device)
-        _sage_min[key] = SAGE2_HOPPER_MIN_QUERIES if cap == (9, 0) and _sage_major() >= 2 else 0
+        _sage_min[key] = SAGE2_HOPPER_MIN_QUERIES if cap == (9, 0) and sage_major() >= 2 else 0
     return _sage_min[key]
 
 
-def _sage_major() -> int:
-    global _SAGE_MAJOR
-    if _SAGE_MAJOR is None:
-        head = sage_version().split(".")[0]
-        _SAGE_MAJOR = int(head) if head.isdigit() else 1
-    return _SAGE_MAJOR
-
-
-_SAGE_MAJOR: int | None = None
+@functools.lru_cache(maxsize=None)
+def sage_major() -> int:
+    """The installed sageattention's major version (1 when unknown)."""
+    head = sage_version().split(".")[0]
+    return int(head) if head.isdigit() else 1
 
 
 def resolve(choice: str, device, head_dim: int, dtype: torch.dtype) -> str:
@@ -150,7 +147,7 @@ def resolve(choice: str, device, head_dim: int, dtype: torch.dtype) -> str:
         why = f"it needs a bf16 / fp16 model (this one computes in {str(dtype).replace('torch.', '')})"
     elif head_dim not in (64, 128):
         why = f"it needs a head dim of 64 or 128 (this model's is {head_dim})"
-    if why is None and choice == "auto" and cap == (9, 0) and sage_available() and _sage_major() >= 2:
+    if why is None and choice == "auto" and cap == (9, 0) and sage_available() and sage_major() >= 2:
         choice = "sage"  # Hopper: SageAttention 2 beat cuDNN on 720p / 1080p chunks (sage_min_queries)
     if why is None and choice == "auto" and not _geforce_class(cap):
         _say_once(f"Dummy Forcing: 8-bit attention (auto) stays off on this GPU (compute capability "
@@ -207,7 +204,7 @@ def _sage_into(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     from sageattention import sageattn  # optional package, present when resolve() chose it
 
     # version 1 smooths k in place; version 2 subtracts k's mean into its own int8 copy
-    kk = k if _sage_major() >= 2 else k.clone()
+    kk = k if sage_major() >= 2 else k.clone()
     o = sageattn(q.transpose(1, 2), kk, v, tensor_layout="HND", is_causal=False)
     return copy_rows(out, o.transpose(1, 2))
 

@@ -578,12 +578,8 @@ class KVCache:
 
     # -- bytes -----------------------------------------------------------------------------------
     def base_bytes(self) -> int:
-        """Bytes of the base layout's buffers (every layer's groups as :meth:`create` made them)."""
-        if self.base_spec is None:
-            return 0
-        spec, cap = self.base_spec
-        return 2 * len(self.layers) * self.batch * len(spec.heads) * cap * self.tokens_per_frame * self.head_dim \
-            * torch.empty((), dtype=self.dtype).element_size()
+        """Bytes of the base layout's buffers held now (recycling; all of them until a regroup)."""
+        return sum(g.allocated_bytes() for layer in self.base if layer is not None for g in layer.groups)
 
     def allocated_bytes(self) -> int:
         """Bytes of the groups in use now."""

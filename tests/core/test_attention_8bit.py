@@ -57,7 +57,7 @@ def test_resolve_by_gpu_and_packages(monkeypatch, caplog, cap, triton_ok, sage, 
     monkeypatch.setattr(a8, "_cuda_capability", lambda device: cap)
     monkeypatch.setattr(a8, "HAVE_TRITON", triton_ok)
     monkeypatch.setattr(a8, "sage_available", lambda: bool(sage))
-    monkeypatch.setattr(a8, "_sage_major", lambda: 2 if sage == 2 else 1)
+    monkeypatch.setattr(a8, "sage_major", lambda: 2 if sage == 2 else 1)
     monkeypatch.setattr(a8, "_sage_problem", lambda device: None)
     assert a8.resolve(choice, "cuda", 128, torch.bfloat16) == want
     if want == "off":
@@ -220,7 +220,7 @@ def test_sage_2_on_hopper_takes_the_long_calls_only(monkeypatch):
     monkeypatch.setattr(a8, "_sage_into", lambda out, q, k, v: sent.append(q.shape[1]) or out.fill_(0))
     for cap, major, want_min in (((9, 0), 2, 8192), ((9, 0), 1, 0), ((8, 9), 2, 0), ((12, 0), 2, 0)):
         monkeypatch.setattr(a8, "_cuda_capability", lambda device: cap)
-        monkeypatch.setattr(a8, "_sage_major", lambda: major)
+        monkeypatch.setattr(a8, "sage_major", lambda: major)
         monkeypatch.setattr(a8, "_sage_min", {})
         assert a8.sage_min_queries("cuda") == want_min
         monkeypatch.setattr(a8, "_sage_min", {"cpu": want_min})  # the inputs below live on the CPU

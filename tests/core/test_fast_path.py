@@ -165,6 +165,18 @@ sys.path.insert(0, sys.argv[1])
 from dummy_forcing_core import fast_kernels as fk
 from dummy_forcing_core.rope import rope_table
 assert fk.HAVE_TRITON
+
+
+def e4m3_equal(got, want):
+    # e4m3 tensors equal, except where the interpreter's float32 -> e4m3 cast drops the carry of
+    # a round-up to a power of two (127.4 -> 64 instead of 128; the GPU's cast instruction rounds
+    # right). Returns the fraction exactly equal.
+    a8, b8 = got.float(), want.float()
+    carry_bug = (a8 * 2 == b8) & (torch.frexp(b8.abs())[0] == 0.5)
+    assert got.dtype == torch.float8_e4m3fn and torch.all((a8 == b8) | carry_bug)
+    return (a8 == b8).float().mean()
+
+
 g = torch.Generator().manual_seed(0)
 B, Fr, T, C = 2, 3, 5, 96
 x = torch.randn(B, Fr * T, C, generator=g); y = torch.randn(B, Fr * T, C, generator=g)
@@ -178,12 +190,7 @@ for kw in (dict(y=y, gate=mod[:, :, 2], mul=mod[:, :, 1], add=mod[:, :, 0]), dic
     # e4m3 output (an fp8 product's input): the same values within one e4m3 step, clamped
     h8 = fk.residual_norm_modulate(x.clone(), Fr, 1e-6, e4m3=True, **{**kw, "mul": kw["mul"] * 300})
     h8b = fk.residual_norm_modulate(x.clone(), Fr, 1e-6, e4m3=True, use_triton=False, **{**kw, "mul": kw["mul"] * 300})
-    assert h8.dtype == torch.float8_e4m3fn and h8.float().abs().max() == 448
-    # equal, except where the interpreter's float32 -> e4m3 cast drops the carry of a round-up to
-    # a power of two (127.4 -> 64 instead of 128; the GPU's cast instruction rounds right)
-    a8, b8 = h8.float(), h8b.float()
-    carry_bug = (a8 * 2 == b8) & (torch.frexp(b8.abs())[0] == 0.5)
-    assert torch.all((a8 == b8) | carry_bug) and (a8 == b8).float().mean() > 0.95
+    assert h8.float().abs().max() == 448 and e4m3_equal(h8, h8b) > 0.95
 H, D = 4, 24
 t = rope_table(Fr, 1, T, D, 7)
 qkv = torch.randn(B * Fr * T, 3 * H * D, generator=g); w = torch.randn(H * D, generator=g)
@@ -203,9 +210,7 @@ for s_view, d_shape in ((src.transpose(1, 2), (2, 6, 7 + 5, 16)), (src[:, :, 1:4
     d8 = torch.empty(s_view.shape, dtype=torch.float8_e4m3fn)
     wide = s_view.float() * 300 + torch.rand(s_view.shape, generator=g)  # float32: no rounding ties
     fk.copy_rows(d8, wide)
-    want = wide.clamp(-448, 448).to(torch.float8_e4m3fn).float()
-    carry_bug = (d8.float() * 2 == want) & (torch.frexp(want.abs())[0] == 0.5)  # the interpreter's cast, as above
-    assert d8.float().abs().max() == 448 and torch.all((d8.float() == want) | carry_bug)
+    assert d8.float().abs().max() == 448 and e4m3_equal(d8, wide.clamp(-448, 448).to(torch.float8_e4m3fn)) > 0.9
 print("ok")
 """
 
